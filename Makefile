@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and make:
+#   make study   install from the lock file, run studies/quick.yaml, write the HTML report
+#   make test    install from the lock file, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install study test lint bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+study: install
+	$(BIN)/collapselab run studies/quick.yaml
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_study.py
+
+# Re-resolve the pins from pyproject.toml into requirements.lock (needs the network).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q setuptools wheel -e '.[dev]'
+	(echo "# Pinned by 'make lock' (pip freeze of a fresh install of pyproject.toml's dependencies, Python 3.11)."; \
+	 .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v "^pip==") > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .collapselab reports/*/ collapselab.duckdb

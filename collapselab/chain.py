@@ -1,0 +1,167 @@
+"""Run one chain: fit model 0 on real data, then sample, rebuild the training set, refit, G times.
+
+Pure computation: a `RunSpec` in, a `RunOutcome` out (no I/O, no orchestration). A degenerate fit
+ends the chain as `collapsed` (a deterministic result); any other exception marks it `failed`.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from collapselab import __version__
+from collapselab.config import RunSpec
+from collapselab.models import Degenerate, build_model
+from collapselab.strategies import History, TrainingSet, build_strategy
+
+COMPLETED, COLLAPSED, FAILED = "completed", "collapsed", "failed"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    status: str = COMPLETED
+    error: str | None = None
+    collapse_generation: int | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    duration_s: float = 0.0
+    generation: list[int] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+    def record(self, generation: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if math.isnan(value):  # NaN is never stored; an infinity is kept where it means something
+                continue
+            self.generation.append(generation)
+            self.metric.append(name)
+            self.value.append(float(value))
+
+
+def _generation_metrics(model, train: TrainingSet, test: np.ndarray) -> dict[str, float]:
+    return {
+        **model.metrics(test),
+        "real_fraction": train.real_share,
+        "train_size": float(len(train)),
+    }
+
+
+def run_chain(spec: RunSpec) -> RunOutcome:
+    """Models 0..G of one run, with every generation's metrics."""
+    outcome = RunOutcome(spec)
+    clock = time.perf_counter()
+    t = 0
+    try:
+        real = build_model(spec.model).real_data()
+        stream = real.open(n_test=spec.test_size, seed=spec.real_seed(real.key))
+        history = History(n=spec.n, real=stream)
+        strategy = build_strategy(spec.strategy)
+        rng = np.random.default_rng(spec.chain_seed())
+        train = history.r0
+        for t in range(spec.generations + 1):
+            if t > 0:
+                train = strategy.training_set(t, history, rng)
+            model = build_model(spec.model).fit(train.data)
+            outcome.record(t, _generation_metrics(model, train, stream.test))
+            if t < spec.generations:
+                history.add_samples(
+                    model.sample(spec.n, rng=rng, temperature=spec.strategy.temperature)
+                )
+    except Degenerate as exc:
+        outcome.status, outcome.collapse_generation = COLLAPSED, t
+        outcome.error = f"generation {t}: {exc}"
+    except Exception as exc:  # a bug or bad input: recorded, the other runs go on
+        outcome.status = FAILED
+        outcome.error = _summarise(exc, t)
+    outcome.duration_s = time.perf_counter() - clock
+    return outcome
+
+
+def _summarise(exc: BaseException, generation: int) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"generation {generation}: {type(exc).__name__}: {exc}{where}"
+
+
+def run_many(specs: list[RunSpec]) -> list[RunOutcome]:
+    """A batch of runs, one after the other (a task's worth of short runs)."""
+    return [run_chain(spec) for spec in specs]
+
+
+# --- tidy tables ------------------------------------------------------------------------------
+
+RUN_COLUMNS = {
+    "run_id": pl.String, "study": pl.String, "family": pl.String, "model": pl.String,
+    "strategy": pl.String, "strategy_label": pl.String, "real_fraction": pl.Float64,
+    "temperature": pl.Float64, "replicate": pl.Int64, "generations": pl.Int64,
+    "samples_per_generation": pl.Int64, "params": pl.String, "status": pl.String,
+    "error": pl.String, "collapse_generation": pl.Int64, "started_at": pl.Datetime("us", "UTC"),
+    "duration_s": pl.Float64, "code_version": pl.String,
+}
+METRIC_COLUMNS = {"run_id": pl.String, "generation": pl.Int64, "metric": pl.String, "value": pl.Float64}
+
+
+def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One row per run, and one long row per (run, generation, metric)."""
+    runs = pl.DataFrame(
+        [
+            {
+                "run_id": o.spec.run_id, "study": o.spec.study, "family": o.spec.model.family,
+                "model": o.spec.model.label(), "strategy": o.spec.strategy.name,
+                "strategy_label": o.spec.strategy.label(),
+                "real_fraction": o.spec.strategy.base_real_fraction,
+                "temperature": o.spec.strategy.temperature, "replicate": o.spec.replicate,
+                "generations": o.spec.generations, "samples_per_generation": o.spec.n,
+                "params": o.spec.model_dump_json(), "status": o.status, "error": o.error,
+                "collapse_generation": o.collapse_generation, "started_at": o.started_at,
+                "duration_s": o.duration_s, "code_version": code_version(),
+            }
+            for o in outcomes
+        ],
+        schema=RUN_COLUMNS,
+    )
+    metrics = pl.DataFrame(
+        {
+            "run_id": [o.spec.run_id for o in outcomes for _ in o.generation],
+            "generation": [g for o in outcomes for g in o.generation],
+            "metric": [m for o in outcomes for m in o.metric],
+            "value": [v for o in outcomes for v in o.value],
+        },
+        schema=METRIC_COLUMNS,
+    )
+    return runs, metrics
+
+
+def plan_batches(specs: list[RunSpec], *, workers: int, batch_size: int | None = None,
+                 max_batch: int = 50) -> list[list[RunSpec]]:
+    """Split runs into task-sized batches: enough batches to keep `workers` busy (about four
+    each), few enough that per-task orchestration costs stay small. Neighbouring runs of the grid
+    (same model and strategy) share a batch, which keeps the door open to batched array code."""
+    if not specs:
+        return []
+    if batch_size is None:
+        n_batches = max(4 * workers, math.ceil(len(specs) / max_batch))
+        batch_size = math.ceil(len(specs) / min(n_batches, len(specs)))
+    return [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]

@@ -1,0 +1,219 @@
+"""Study files: validated with pydantic before any compute, then expanded into run specs.
+
+A study is the grid models x strategies x replicates. Each cell is a `RunSpec` whose `run_id` hashes
+its full parameters and whose random seeds derive from the study seed and the run's identity
+(numpy SeedSequence), never from its position in the grid: the same run gets the same numbers
+whatever the runner, the order or the retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import numpy as np
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from collapselab.models import FAMILIES, build_model
+from collapselab.strategies import STRATEGIES, build_strategy
+
+ModelParams = Annotated[
+    Union[tuple(cls.Params for cls in FAMILIES.values())],  # noqa: UP007  (built from the registry)
+    Field(discriminator="family"),
+]
+
+
+def _strategy_mapping(value: Any) -> Any:
+    """A strategy may be written as a bare name: `replace` means `{name: replace}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+StrategyParams = Annotated[
+    Union[tuple(cls.Params for cls in STRATEGIES.values())],  # noqa: UP007
+    Field(discriminator="name"),
+    BeforeValidator(_strategy_mapping),
+]
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message is one line naming the field and what is allowed."""
+
+
+class StudyConfig(BaseModel):
+    """A study file. `generations: G` means models 0..G; model 0 trains on n real points."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    seed: NonNegativeInt
+    generations: PositiveInt
+    replicates: PositiveInt
+    samples_per_generation: int = Field(ge=2)
+    #: Held-out real points per run, drawn once and never trained on.
+    test_size: PositiveInt = 1000
+    models: list[ModelParams] = Field(min_length=1)
+    strategies: list[StrategyParams] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> StudyConfig:
+        for field, labels in (
+            ("models", [m.label() for m in self.models]),
+            ("strategies", [s.label() for s in self.strategies]),
+        ):
+            seen = {label for label in labels if labels.count(label) > 1}
+            if seen:
+                raise ValueError(f"{field} lists {sorted(seen)[0]} twice; each entry must differ")
+        for model in self.models:
+            capacity = build_model(model).real_data().capacity(self.test_size)
+            if capacity is None:
+                continue
+            for strategy in self.strategies:
+                needed = build_strategy(strategy).real_points_needed(
+                    n=self.samples_per_generation, generations=self.generations
+                )
+                if needed > capacity:
+                    raise ValueError(
+                        f"strategy {strategy.label()} needs {needed} real training points for "
+                        f"{self.generations} generations but {model.label()} has only {capacity} "
+                        f"after holding out test_size={self.test_size}"
+                    )
+        return self
+
+    def run_specs(self) -> list[RunSpec]:
+        """Every run of the study: models x strategies x replicates."""
+        return [
+            RunSpec(
+                study=self.name, seed=self.seed, generations=self.generations,
+                n=self.samples_per_generation, test_size=self.test_size,
+                model=model, strategy=strategy, replicate=replicate,
+            )
+            for model in self.models
+            for strategy in self.strategies
+            for replicate in range(self.replicates)
+        ]
+
+
+def _digest(payload: Any) -> bytes:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def _seed_sequence(seed: int, payload: Any) -> np.random.SeedSequence:
+    words = np.frombuffer(_digest(payload)[:16], dtype=np.uint32)
+    return np.random.SeedSequence(seed, spawn_key=tuple(int(w) for w in words))
+
+
+class RunSpec(BaseModel):
+    """One chain: a model family under one strategy, one replicate, generations 0..G."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study: str
+    seed: int
+    generations: int
+    n: int
+    test_size: int
+    model: ModelParams
+    strategy: StrategyParams
+    replicate: int
+
+    @property
+    def run_id(self) -> str:
+        """Hash of the run's full parameters (code version excluded)."""
+        return _digest(self.model_dump(mode="json")).hex()[:20]
+
+    def real_seed(self, data_key: str) -> np.random.SeedSequence:
+        """R0, fresh real points and the test set: shared by every strategy of a replicate
+        (common random numbers), keyed by the real data itself and the replicate."""
+        return _seed_sequence(self.seed, ["real-data", data_key, self.replicate])
+
+    def chain_seed(self) -> np.random.SeedSequence:
+        """The chain's own draws. `generations` and the study name are left out, so a longer
+        study reproduces a shorter one's generations exactly."""
+        payload = self.model_dump(mode="json", exclude={"study", "generations", "seed"})
+        return _seed_sequence(self.seed, ["chain", payload])
+
+
+# --- reading study files ----------------------------------------------------------------------
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where an unknown key `loc` was found."""
+    fields: dict[str, Any] = dict(StudyConfig.model_fields)
+    if len(loc) >= 3 and loc[0] == "models" and loc[2] in FAMILIES:
+        fields = dict(FAMILIES[loc[2]].Params.model_fields)
+    elif len(loc) >= 3 and loc[0] == "strategies" and loc[2] in STRATEGIES:
+        fields = dict(STRATEGIES[loc[2]].Params.model_fields)
+    return sorted(fields)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for i, part in enumerate(loc):
+        # Discriminated unions insert the tag (`gaussian`, `replace`) after the list index.
+        tagged = i == 2 and loc[0] in ("models", "strategies")
+        if tagged and (part in FAMILIES or part in STRATEGIES):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "study"
+
+
+def format_error(error: dict[str, Any]) -> str:
+    """One line: the field, what is wrong, and what is allowed."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        where = _field_path(loc[:-1])
+        return f"{_field_path(loc)}: unknown key; allowed keys {'in ' + where if loc[:-1] else 'at top level'}: {', '.join(_allowed_keys(loc))}"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return (f"{_field_path(loc)}.{ctx.get('discriminator', '').strip(chr(39))}: unknown "
+                f"{ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}")
+    if kind == "union_tag_not_found":
+        key = error.get("ctx", {}).get("discriminator", "").strip("'")
+        allowed = ", ".join(sorted(FAMILIES if key == "family" else STRATEGIES))
+        return f"{_field_path(loc)}: missing `{key}`; allowed: {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    got = "" if isinstance(shown, dict) or kind == "missing" else f" (got {shown!r})"
+    return f"{_field_path(loc)}: {message}{got}"
+
+
+def parse_study(data: Any, *, source: str = "study") -> StudyConfig:
+    """Validate a parsed study mapping; raise StudyError with one line per problem."""
+    if not isinstance(data, dict):
+        raise StudyError(f"{source}: a study must be a mapping of keys (name, seed, ...), got {type(data).__name__}")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise StudyError(f"{source}: {format_error(errors[0])}{more}") from None
+
+
+def load_study(path: str | Path) -> tuple[StudyConfig, str]:
+    """Read and validate a study YAML file; returns the study and its text (echoed in reports)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read study file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise StudyError(f"{path}: not valid YAML{where}") from None
+    return parse_study(data, source=str(path)), text

@@ -1,0 +1,96 @@
+"""The interface every model family implements, and the registry that names them.
+
+A family is one small class: configured by a pydantic parameter model, fitted on an array
+(`fit` returns self, fitted state ends in an underscore), sampled with the numpy Generator it is
+given, and scored on held-out real data. Library quirks (a sampler that ignores a passed generator,
+a tuple where an array is expected) are absorbed inside the family, never by its callers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from collapselab.data import RealData
+
+
+class Degenerate(Exception):
+    """A fit that collapsed (zero variance, singular covariance, ...): a result, not an error."""
+
+
+class FamilyParams(BaseModel):
+    """Parameters of a family; each family subclasses this with a `family` literal tag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str
+
+    def label(self) -> str:
+        """A short human label: the family and the parameters that differ from the defaults."""
+        changed = {
+            name: value
+            for name, value in self.model_dump(exclude={"family"}).items()
+            if value != type(self).model_fields[name].default
+        }
+        inner = ", ".join(f"{k}={v}" for k, v in changed.items())
+        return f"{self.family}({inner})" if inner else self.family
+
+
+class ModelFamily(ABC):
+    """A generative model family: the truth it is compared with, and fit / sample / score / metrics."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[FamilyParams]]
+    metric_names: ClassVar[tuple[str, ...]]
+    #: What `temperature` means for this family's sampler (README and report quote it).
+    temperature_meaning: ClassVar[str]
+
+    def __init__(self, params: FamilyParams) -> None:
+        self.params = params
+
+    @abstractmethod
+    def real_data(self) -> RealData:
+        """The real data this configuration is trained on at generation 0 and tested against."""
+
+    @abstractmethod
+    def fit(self, X: np.ndarray) -> Self:
+        """Fit on `X`; raise `Degenerate` when the fit cannot define a usable model."""
+
+    @abstractmethod
+    def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """Draw `n` points from the fitted model with `rng`; temperature T samples density^(1/T)."""
+
+    @abstractmethod
+    def score(self, X: np.ndarray) -> float:
+        """Mean negative log-likelihood of `X` under the fitted model, in nats per point."""
+
+    @abstractmethod
+    def metrics(self, test: np.ndarray) -> dict[str, float]:
+        """The family's metrics of the fitted model, against its truth and the held-out `test`."""
+
+
+FAMILIES: dict[str, type[ModelFamily]] = {}
+
+
+def register(cls: type[ModelFamily]) -> type[ModelFamily]:
+    """Class decorator: make a family available to study files under `cls.name`."""
+    if cls.name in FAMILIES:
+        raise ValueError(f"model family {cls.name!r} registered twice")
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        allowed = ", ".join(sorted(FAMILIES))
+        raise ValueError(f"unknown model family {name!r}; allowed: {allowed}") from None
+
+
+def build_model(params: FamilyParams) -> ModelFamily:
+    """An unfitted model of the family that `params` names."""
+    return get_family(params.family)(params)

@@ -1,0 +1,131 @@
+"""`gaussian`: a multivariate normal fitted by its sample mean and covariance.
+
+The classic collapse case: under `replace` the ML variance shrinks by (1 - 1/n) a fit in
+expectation and the fitted Gaussian converges to a point (../shared/literature.md, items 1-3).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Literal, Self
+
+import numpy as np
+from pydantic import PositiveInt, model_validator
+
+from collapselab.data import RealData, SampledData
+from collapselab.metrics import (
+    gaussian_mean_nll,
+    gaussian_wasserstein2,
+    normal_two_sided_tail,
+    psd_sqrt,
+)
+from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+#: A fitted covariance whose smallest eigenvalue falls below this share of the true covariance's
+#: average eigenvalue can no longer be sampled or scored meaningfully: the chain has collapsed.
+COLLAPSE_EIGENVALUE_SHARE = 1e-12
+
+
+class GaussianParams(FamilyParams):
+    family: Literal["gaussian"] = "gaussian"
+    dim: PositiveInt = 1
+    #: True mean (length `dim`); default zeros.
+    mean: tuple[float, ...] | None = None
+    #: True covariance (`dim` x `dim`, symmetric positive definite); default identity.
+    cov: tuple[tuple[float, ...], ...] | None = None
+    #: `mle` divides the sample covariance by n, `unbiased` by n - 1.
+    estimator: Literal["mle", "unbiased"] = "mle"
+
+    @model_validator(mode="after")
+    def _check_truth(self) -> Self:
+        if self.mean is not None and len(self.mean) != self.dim:
+            raise ValueError(f"mean must have dim={self.dim} entries, got {len(self.mean)}")
+        if self.cov is not None:
+            cov = np.asarray(self.cov, dtype=float)
+            if cov.shape != (self.dim, self.dim):
+                raise ValueError(f"cov must be {self.dim}x{self.dim}, got shape {cov.shape}")
+            if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
+                raise ValueError("cov must be symmetric positive definite")
+        return self
+
+
+@register
+class Gaussian(ModelFamily):
+    name = "gaussian"
+    Params = GaussianParams
+    metric_names = (
+        "mean_sq_error",
+        "variance_ratio",
+        "wasserstein2",
+        "test_nll",
+        "tail_mass_ratio",
+    )
+    temperature_meaning = "density^(1/T) renormalised: the covariance times T"
+
+    params: GaussianParams
+
+    # The truth, derived from the parameters.
+    @cached_property
+    def true_mean(self) -> np.ndarray:
+        p = self.params
+        return np.zeros(p.dim) if p.mean is None else np.asarray(p.mean, dtype=float)
+
+    @cached_property
+    def true_cov(self) -> np.ndarray:
+        p = self.params
+        return np.eye(p.dim) if p.cov is None else np.asarray(p.cov, dtype=float)
+
+    @cached_property
+    def _true_chol(self) -> np.ndarray:
+        return np.linalg.cholesky(self.true_cov)
+
+    @cached_property
+    def _true_cov_sqrt(self) -> np.ndarray:
+        return psd_sqrt(self.true_cov)
+
+    def real_data(self) -> RealData:
+        mean, chol = self.true_mean, self._true_chol
+        key = f"gaussian(mean={mean.tolist()}, cov={self.true_cov.tolist()})"
+
+        def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+            return mean + rng.standard_normal((n, mean.size)) @ chol.T
+
+        return SampledData(key=key, draw=draw)
+
+    def fit(self, X: np.ndarray) -> Self:
+        n = X.shape[0]
+        ddof = 1 if self.params.estimator == "unbiased" else 0
+        if n - ddof <= 0:
+            raise Degenerate(f"{n} training point(s) cannot define a {self.params.estimator} covariance")
+        self.mean_ = X.mean(axis=0)
+        centred = X - self.mean_
+        self.cov_ = centred.T @ centred / (n - ddof)
+        floor = COLLAPSE_EIGENVALUE_SHARE * np.trace(self.true_cov) / self.params.dim
+        if not np.all(np.isfinite(self.cov_)) or np.linalg.eigvalsh(self.cov_).min() <= floor:
+            raise Degenerate("singular covariance: the fitted Gaussian has collapsed to a subspace")
+        self.chol_ = np.linalg.cholesky(self.cov_)
+        return self
+
+    def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        z = rng.standard_normal((n, self.params.dim))
+        return self.mean_ + math.sqrt(temperature) * (z @ self.chol_.T)
+
+    def score(self, X: np.ndarray) -> float:
+        return gaussian_mean_nll(X, self.mean_, self.chol_)
+
+    def metrics(self, test: np.ndarray) -> dict[str, float]:
+        mu0, sd0 = self.true_mean[0], math.sqrt(self.true_cov[0, 0])
+        lower, upper = mu0 - 2.0 * sd0, mu0 + 2.0 * sd0
+        true_tail = normal_two_sided_tail(mu0, sd0, lower, upper)
+        model_tail = normal_two_sided_tail(self.mean_[0], math.sqrt(self.cov_[0, 0]), lower, upper)
+        return {
+            "mean_sq_error": float(np.sum((self.mean_ - self.true_mean) ** 2)),
+            "variance_ratio": float(np.trace(self.cov_) / np.trace(self.true_cov)),
+            "wasserstein2": gaussian_wasserstein2(
+                self.mean_, self.cov_, self.true_mean, self.true_cov,
+                sqrt_cov_b=self._true_cov_sqrt,
+            ),
+            "test_nll": self.score(test),
+            "tail_mass_ratio": model_tail / true_tail,
+        }

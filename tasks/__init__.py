@@ -1,0 +1,1 @@
+"""Thin typed Prefect tasks wrapping the collapselab library."""

@@ -1,0 +1,30 @@
+"""Run chains: one task carries a batch of whole runs (all their generations), seconds of work."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from collapselab.chain import outcomes_to_frames, run_many
+from collapselab.config import RunSpec
+from collapselab.store import Store
+
+
+@task(
+    name="run-chains",
+    task_run_name="{label}",
+    retries=2,
+    retry_delay_seconds=[2, 10],  # transient infrastructure failures; a run's own errors are rows
+    cache_policy=NO_CACHE,  # the database, not Prefect's cache, says what is done
+)
+def run_chains(specs: list[RunSpec], label: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run every chain of the batch; return their `runs` and `metrics` rows."""
+    return outcomes_to_frames(run_many(specs))
+
+
+@task(name="ingest", task_run_name="ingest {label}", cache_policy=NO_CACHE)
+def ingest(db: str, runs: pl.DataFrame, metrics: pl.DataFrame, label: str) -> int:
+    """Upsert a batch's rows in one transaction; runs in the flow process, the only writer."""
+    Store(db).ingest(runs, metrics)
+    return runs.height

@@ -1,0 +1,34 @@
+"""Render a study's HTML report from the database alone."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from collapselab.report import render_report
+from collapselab.store import Store
+
+
+@task(name="render-report", task_run_name="report {study}", cache_policy=NO_CACHE)
+def render_study_report(db: str, study: str, out_dir: str) -> str:
+    """Write `<out_dir>/index.html` atomically (a reader never sees half a page); return its path."""
+    store = Store(db)
+    html = render_report(
+        study=study,
+        tidy=store.tidy(study),
+        runs=store.runs(study),
+        study_text=store.study_text(study),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    target = Path(out_dir) / "index.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".index-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(html)
+    os.replace(tmp, target)
+    return str(target)
