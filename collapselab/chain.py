@@ -31,8 +31,12 @@ def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -53,7 +57,9 @@ class RunOutcome:
 
     def record(self, generation: int, values: dict[str, float]) -> None:
         for name, value in values.items():
-            if math.isnan(value):  # NaN is never stored; an infinity is kept where it means something
+            if math.isnan(
+                value
+            ):  # NaN is never stored; an infinity is kept where it means something
                 continue
             self.generation.append(generation)
             self.metric.append(name)
@@ -101,7 +107,11 @@ def run_chain(spec: RunSpec) -> RunOutcome:
 
 def _summarise(exc: BaseException, generation: int) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    where = (
+        f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
+        if frames
+        else ""
+    )
     return f"generation {generation}: {type(exc).__name__}: {exc}{where}"
 
 
@@ -113,14 +123,31 @@ def run_many(specs: list[RunSpec]) -> list[RunOutcome]:
 # --- tidy tables ------------------------------------------------------------------------------
 
 RUN_COLUMNS = {
-    "run_id": pl.String, "study": pl.String, "family": pl.String, "model": pl.String,
-    "strategy": pl.String, "strategy_label": pl.String, "real_fraction": pl.Float64,
-    "temperature": pl.Float64, "replicate": pl.Int64, "generations": pl.Int64,
-    "samples_per_generation": pl.Int64, "params": pl.String, "status": pl.String,
-    "error": pl.String, "collapse_generation": pl.Int64, "started_at": pl.Datetime("us", "UTC"),
-    "duration_s": pl.Float64, "code_version": pl.String,
+    "run_id": pl.String,
+    "study": pl.String,
+    "family": pl.String,
+    "model": pl.String,
+    "strategy": pl.String,
+    "strategy_label": pl.String,
+    "real_fraction": pl.Float64,
+    "temperature": pl.Float64,
+    "replicate": pl.Int64,
+    "generations": pl.Int64,
+    "samples_per_generation": pl.Int64,
+    "params": pl.String,
+    "status": pl.String,
+    "error": pl.String,
+    "collapse_generation": pl.Int64,
+    "started_at": pl.Datetime("us", "UTC"),
+    "duration_s": pl.Float64,
+    "code_version": pl.String,
 }
-METRIC_COLUMNS = {"run_id": pl.String, "generation": pl.Int64, "metric": pl.String, "value": pl.Float64}
+METRIC_COLUMNS = {
+    "run_id": pl.String,
+    "generation": pl.Int64,
+    "metric": pl.String,
+    "value": pl.Float64,
+}
 
 
 def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -128,15 +155,24 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
     runs = pl.DataFrame(
         [
             {
-                "run_id": o.spec.run_id, "study": o.spec.study, "family": o.spec.model.family,
-                "model": o.spec.model.label(), "strategy": o.spec.strategy.name,
+                "run_id": o.spec.run_id,
+                "study": o.spec.study,
+                "family": o.spec.model.family,
+                "model": o.spec.model.label(),
+                "strategy": o.spec.strategy.name,
                 "strategy_label": o.spec.strategy.label(),
                 "real_fraction": o.spec.strategy.base_real_fraction,
-                "temperature": o.spec.strategy.temperature, "replicate": o.spec.replicate,
-                "generations": o.spec.generations, "samples_per_generation": o.spec.n,
-                "params": o.spec.model_dump_json(), "status": o.status, "error": o.error,
-                "collapse_generation": o.collapse_generation, "started_at": o.started_at,
-                "duration_s": o.duration_s, "code_version": code_version(),
+                "temperature": o.spec.strategy.temperature,
+                "replicate": o.spec.replicate,
+                "generations": o.spec.generations,
+                "samples_per_generation": o.spec.n,
+                "params": o.spec.model_dump_json(),
+                "status": o.status,
+                "error": o.error,
+                "collapse_generation": o.collapse_generation,
+                "started_at": o.started_at,
+                "duration_s": o.duration_s,
+                "code_version": code_version(),
             }
             for o in outcomes
         ],
@@ -154,8 +190,9 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
     return runs, metrics
 
 
-def plan_batches(specs: list[RunSpec], *, workers: int, batch_size: int | None = None,
-                 max_batch: int = 50) -> list[list[RunSpec]]:
+def plan_batches(
+    specs: list[RunSpec], *, workers: int, batch_size: int | None = None, max_batch: int = 50
+) -> list[list[RunSpec]]:
     """Split runs into task-sized batches: enough batches to keep `workers` busy (about four
     each), few enough that per-task orchestration costs stay small. Neighbouring runs of the grid
     (same model and strategy) share a batch, which keeps the door open to batched array code."""

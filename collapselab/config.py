@@ -48,7 +48,7 @@ StrategyParams = Annotated[
 
 
 class StudyError(ValueError):
-    """A study file that cannot run; the message is one line naming the field and what is allowed."""
+    """A study that cannot run: one line naming the field and what is allowed."""
 
 
 class StudyConfig(BaseModel):
@@ -96,9 +96,14 @@ class StudyConfig(BaseModel):
         """Every run of the study: models x strategies x replicates."""
         return [
             RunSpec(
-                study=self.name, seed=self.seed, generations=self.generations,
-                n=self.samples_per_generation, test_size=self.test_size,
-                model=model, strategy=strategy, replicate=replicate,
+                study=self.name,
+                seed=self.seed,
+                generations=self.generations,
+                n=self.samples_per_generation,
+                test_size=self.test_size,
+                model=model,
+                strategy=strategy,
+                replicate=replicate,
             )
             for model in self.models
             for strategy in self.strategies
@@ -107,7 +112,9 @@ class StudyConfig(BaseModel):
 
 
 def _digest(payload: Any) -> bytes:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    ).digest()
 
 
 def _seed_sequence(seed: int, payload: Any) -> np.random.SeedSequence:
@@ -176,11 +183,15 @@ def format_error(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         where = _field_path(loc[:-1])
-        return f"{_field_path(loc)}: unknown key; allowed keys {'in ' + where if loc[:-1] else 'at top level'}: {', '.join(_allowed_keys(loc))}"
+        scope = f"in {where}" if loc[:-1] else "at top level"
+        allowed = ", ".join(_allowed_keys(loc))
+        return f"{_field_path(loc)}: unknown key; allowed keys {scope}: {allowed}"
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
-        return (f"{_field_path(loc)}.{ctx.get('discriminator', '').strip(chr(39))}: unknown "
-                f"{ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}")
+        return (
+            f"{_field_path(loc)}.{ctx.get('discriminator', '').strip(chr(39))}: unknown "
+            f"{ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+        )
     if kind == "union_tag_not_found":
         key = error.get("ctx", {}).get("discriminator", "").strip("'")
         allowed = ", ".join(sorted(FAMILIES if key == "family" else STRATEGIES))
@@ -194,7 +205,9 @@ def format_error(error: dict[str, Any]) -> str:
 def parse_study(data: Any, *, source: str = "study") -> StudyConfig:
     """Validate a parsed study mapping; raise StudyError with one line per problem."""
     if not isinstance(data, dict):
-        raise StudyError(f"{source}: a study must be a mapping of keys (name, seed, ...), got {type(data).__name__}")
+        raise StudyError(
+            f"{source}: a study must be a mapping (name, seed, ...), got {type(data).__name__}"
+        )
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as exc:

@@ -15,7 +15,7 @@ import numpy as np
 
 
 class RealStream(ABC):
-    """The real data of one run: a fixed held-out test set and an ordered supply of training points."""
+    """One run's real data: a fixed held-out test set and an ordered supply of training points."""
 
     test: np.ndarray
 
@@ -25,7 +25,7 @@ class RealStream(ABC):
 
 
 class RealData(ABC):
-    """A source of real data. `capacity` is how many training points it can supply (None: unlimited)."""
+    """A source of real data, unlimited (a distribution) or finite (a data set)."""
 
     @property
     @abstractmethod
@@ -42,8 +42,12 @@ class RealData(ABC):
 
 
 class _SampledStream(RealStream):
-    def __init__(self, draw: Callable[[int, np.random.Generator], np.ndarray], n_test: int,
-                 seed: np.random.SeedSequence) -> None:
+    def __init__(
+        self,
+        draw: Callable[[int, np.random.Generator], np.ndarray],
+        n_test: int,
+        seed: np.random.SeedSequence,
+    ) -> None:
         test_seed, train_seed = seed.spawn(2)
         self._draw = draw
         self._rng = np.random.default_rng(train_seed)

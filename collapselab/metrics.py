@@ -15,8 +15,12 @@ def psd_sqrt(cov: np.ndarray) -> np.ndarray:
 
 
 def gaussian_wasserstein2(
-    mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray,
-    *, sqrt_cov_b: np.ndarray | None = None,
+    mean_a: np.ndarray,
+    cov_a: np.ndarray,
+    mean_b: np.ndarray,
+    cov_b: np.ndarray,
+    *,
+    sqrt_cov_b: np.ndarray | None = None,
 ) -> float:
     """Closed-form 2-Wasserstein distance between two Gaussians (not squared).
 

@@ -103,8 +103,9 @@ class Store:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def save_study(self, *, name: str, seed: int, config: dict, study_text: str | None,
-                   n_runs: int) -> None:
+    def save_study(
+        self, *, name: str, seed: int, config: dict, study_text: str | None, n_runs: int
+    ) -> None:
         with self._connect(read_only=False) as con:
             con.execute(
                 "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?)",

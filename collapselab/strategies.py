@@ -66,7 +66,10 @@ class _GrowingPool:
             capacity = max(needed, 2 * len(self._origin))
             data = np.empty((capacity, *self._data.shape[1:]), dtype=self._data.dtype)
             origin = np.empty(capacity, dtype=np.int32)
-            data[: self._size], origin[: self._size] = self._data[: self._size], self._origin[: self._size]
+            data[: self._size], origin[: self._size] = (
+                self._data[: self._size],
+                self._origin[: self._size],
+            )
             self._data, self._origin = data, origin
         self._data[self._size : needed] = part.data
         self._origin[self._size : needed] = part.origin

@@ -19,8 +19,9 @@ import flows  # noqa: F401  (sets the state directory and BLAS threads before nu
 from collapselab.config import StudyError, load_study
 from flows.environment import prefect_api
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Comparative studies of model collapse.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Comparative studies of model collapse."
+)
 console = Console(stderr=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="DuckDB file holding the results.")]
@@ -42,12 +43,22 @@ def run(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     db: DbOption = Path("collapselab.duckdb"),
     runner: Annotated[RunnerName, typer.Option(help="Where tasks run.")] = RunnerName.processes,
-    workers: Annotated[int | None, typer.Option(min=1, help="Parallel workers [default: all cores].")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler (with --runner dask).")] = None,
-    time_budget: Annotated[float | None, typer.Option(min=0, help="Stop submitting work after this many seconds.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Runs per task [default: automatic].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel workers [default: all cores].")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Address of an existing Dask scheduler (with --runner dask).")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(min=0, help="Stop submitting work after this many seconds.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Runs per task [default: automatic].")
+    ] = None,
     report: Annotated[bool, typer.Option(help="Render the HTML report afterwards.")] = True,
-    reports_dir: Annotated[Path, typer.Option(help="Reports land in DIR/<study>/index.html.")] = Path("reports"),
+    reports_dir: Annotated[
+        Path, typer.Option(help="Reports land in DIR/<study>/index.html.")
+    ] = Path("reports"),
 ) -> None:
     """Run every pending run of STUDY (stored runs are skipped), then render its report."""
     try:
@@ -56,20 +67,31 @@ def run(
         _fail(str(exc))
     if dask_address and runner is not RunnerName.dask:
         _fail("--dask-address needs --runner dask")
-    console.print(f"study [bold]{config.name}[/]: {len(config.run_specs())} runs "
-                  f"({runner.value} runner)", highlight=False)
+    console.print(
+        f"study [bold]{config.name}[/]: {len(config.run_specs())} runs ({runner.value} runner)",
+        highlight=False,
+    )
     with prefect_api():
         from flows.study import study_flow
 
         summary = study_flow(
-            study=str(study), db=str(db), runner=runner.value, workers=workers,
-            dask_address=dask_address, time_budget_s=time_budget, batch_size=batch_size,
-            report=report, reports_dir=str(reports_dir), show_progress=True,
+            study=str(study),
+            db=str(db),
+            runner=runner.value,
+            workers=workers,
+            dask_address=dask_address,
+            time_budget_s=time_budget,
+            batch_size=batch_size,
+            report=report,
+            reports_dir=str(reports_dir),
+            show_progress=True,
         )
     console.print(
         f"runs: {summary['completed']} completed, {summary['collapsed']} collapsed, "
         f"{summary['failed']} failed, {summary['skipped']} already stored, "
-        f"{summary['pending']} pending ({summary['seconds']} s)", highlight=False)
+        f"{summary['pending']} pending ({summary['seconds']} s)",
+        highlight=False,
+    )
     console.print(f"database: {summary['db']}", highlight=False)
     if "report" in summary:
         console.print(f"report:   {Path(summary['report']).resolve()}", highlight=False)
@@ -78,8 +100,12 @@ def run(
 @app.command()
 def report(
     db: DbOption = Path("collapselab.duckdb"),
-    study: Annotated[str | None, typer.Option(help="Study name [default: every stored study].")] = None,
-    out: Annotated[Path, typer.Option(help="Reports land in OUT/<study>/index.html.")] = Path("reports"),
+    study: Annotated[
+        str | None, typer.Option(help="Study name [default: every stored study].")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Reports land in OUT/<study>/index.html.")] = Path(
+        "reports"
+    ),
 ) -> None:
     """Re-render reports from the database alone, without re-running anything."""
     from collapselab.store import Store, StoreMissing

@@ -23,7 +23,7 @@ BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 
 
 def state_dir() -> Path:
-    """Where Prefect, matplotlib and scikit-learn keep their state: $COLLAPSELAB_HOME or ./.collapselab."""
+    """Where Prefect, matplotlib and sklearn keep state: $COLLAPSELAB_HOME or ./.collapselab."""
     return Path(os.environ.get("COLLAPSELAB_HOME", ".collapselab")).resolve()
 
 
@@ -70,7 +70,9 @@ def prefect_server(*, port: int | None = None, timeout_s: float = 90.0) -> Itera
     with open(log_dir / "prefect-server.log", "ab") as log:
         process = subprocess.Popen(
             [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stopped together, not by Ctrl-C twice
         )
     try:

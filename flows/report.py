@@ -11,8 +11,9 @@ from tasks.report import render_study_report
 
 
 @flow(name="collapse-report", flow_run_name="report {study}")
-def report_flow(db: str = "collapselab.duckdb", study: str | None = None,
-                out: str = "reports") -> list[str]:
+def report_flow(
+    db: str = "collapselab.duckdb", study: str | None = None, out: str = "reports"
+) -> list[str]:
     """Render `<out>/<study>/index.html` for one study, or for every study in the database."""
     names = [study] if study else Store(db).studies()["name"].to_list()
     return [render_study_report(db, name, str(Path(out) / name)) for name in names]

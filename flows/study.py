@@ -24,7 +24,7 @@ DEFAULT_DB = "collapselab.duckdb"
 
 
 def make_task_runner(runner: Runner, workers: int, dask_address: str | None = None) -> TaskRunner:
-    """Threads share one GIL (fine for I/O, not CPU-bound numpy); processes and Dask use every core."""
+    """Threads share one GIL (fine for I/O, not CPU-bound numpy); processes and Dask do not."""
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
     if runner == "processes":
@@ -34,8 +34,12 @@ def make_task_runner(runner: Runner, workers: int, dask_address: str | None = No
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None}
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
     )
 
 
@@ -67,23 +71,43 @@ def study_flow(
     config, study_text = load_study(study)
     store = Store(db)
     specs = config.run_specs()
-    store.save_study(name=config.name, seed=config.seed, config=config.model_dump(mode="json"),
-                     study_text=study_text, n_runs=len(specs))
+    store.save_study(
+        name=config.name,
+        seed=config.seed,
+        config=config.model_dump(mode="json"),
+        study_text=study_text,
+        n_runs=len(specs),
+    )
     done = store.done_run_ids(config.name)
     pending = [spec for spec in specs if spec.run_id not in done]
     workers = workers or os.cpu_count() or 1
     batches = plan_batches(pending, workers=workers, batch_size=batch_size)
-    logger.info("study %s: %d runs, %d already stored, %d to run in %d tasks on %s x%d",
-                config.name, len(specs), len(done), len(pending), len(batches), runner, workers)
+    logger.info(
+        "study %s: %d runs, %d already stored, %d to run in %d tasks on %s x%d",
+        config.name,
+        len(specs),
+        len(done),
+        len(pending),
+        len(batches),
+        runner,
+        workers,
+    )
 
     deadline = None if time_budget_s is None else started + time_budget_s
     statuses = _run_and_ingest(
-        batches, db=db, task_runner=make_task_runner(runner, workers, dask_address),
-        window=2 * workers, deadline=deadline, show_progress=show_progress,
+        batches,
+        db=db,
+        task_runner=make_task_runner(runner, workers, dask_address),
+        window=2 * workers,
+        deadline=deadline,
+        show_progress=show_progress,
     )
     summary: dict[str, Any] = {
-        "study": config.name, "db": str(Path(db).resolve()), "runs": len(specs),
-        "skipped": len(done), **statuses,
+        "study": config.name,
+        "db": str(Path(db).resolve()),
+        "runs": len(specs),
+        "skipped": len(done),
+        **statuses,
         "pending": len(pending) - sum(statuses[s] for s in ("completed", "collapsed", "failed")),
         "seconds": round(time.monotonic() - started, 2),
     }
@@ -91,28 +115,46 @@ def study_flow(
         summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
     logger.info("study %s: %s", config.name, summary)
     if statuses["crashed_batches"]:
-        raise RuntimeError(f"{statuses['crashed_batches']} task(s) crashed after retries; "
-                           "their runs stay pending: run the study again to retry them")
+        raise RuntimeError(
+            f"{statuses['crashed_batches']} task(s) crashed after retries; "
+            "their runs stay pending: run the study again to retry them"
+        )
     return summary
 
 
 def _run_and_ingest(
-    batches: list[list[RunSpec]], *, db: str, task_runner: TaskRunner, window: int,
-    deadline: float | None, show_progress: bool,
+    batches: list[list[RunSpec]],
+    *,
+    db: str,
+    task_runner: TaskRunner,
+    window: int,
+    deadline: float | None,
+    show_progress: bool,
 ) -> Counter:
     """Keep `window` tasks in flight; ingest each task's rows as soon as it completes."""
     logger = get_run_logger()
     statuses: Counter = Counter({"completed": 0, "collapsed": 0, "failed": 0, "crashed_batches": 0})
     queue = deque(batches)
     in_flight: list[tuple[PrefectFuture, list[RunSpec]]] = []
-    progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not show_progress)
+    progress = Progress(
+        TextColumn("runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
     with task_runner, progress:
         bar = progress.add_task("runs", total=sum(len(b) for b in batches))
         while queue or in_flight:
-            while queue and len(in_flight) < window and (deadline is None or time.monotonic() < deadline):
+            while (
+                queue
+                and len(in_flight) < window
+                and (deadline is None or time.monotonic() < deadline)
+            ):
                 batch = queue.popleft()
-                future = task_runner.submit(run_chains, {"specs": batch, "label": _batch_label(batch)})
+                future = task_runner.submit(
+                    run_chains, {"specs": batch, "label": _batch_label(batch)}
+                )
                 in_flight.append((future, batch))
             if not in_flight:
                 logger.warning("time budget spent: %d task(s) left for the next run", len(queue))

@@ -16,7 +16,7 @@ from collapselab.store import Store
 
 @task(name="render-report", task_run_name="report {study}", cache_policy=NO_CACHE)
 def render_study_report(db: str, study: str, out_dir: str) -> str:
-    """Write `<out_dir>/index.html` atomically (a reader never sees half a page); return its path."""
+    """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path."""
     store = Store(db)
     html = render_report(
         study=study,
@@ -30,5 +30,6 @@ def render_study_report(db: str, study: str, out_dir: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".index-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(html)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
     os.replace(tmp, target)
     return str(target)

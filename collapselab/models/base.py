@@ -40,7 +40,7 @@ class FamilyParams(BaseModel):
 
 
 class ModelFamily(ABC):
-    """A generative model family: the truth it is compared with, and fit / sample / score / metrics."""
+    """A generative model family: its truth, and fit / sample / score / metrics."""
 
     name: ClassVar[str]
     Params: ClassVar[type[FamilyParams]]

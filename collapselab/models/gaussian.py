@@ -97,7 +97,9 @@ class Gaussian(ModelFamily):
         n = X.shape[0]
         ddof = 1 if self.params.estimator == "unbiased" else 0
         if n - ddof <= 0:
-            raise Degenerate(f"{n} training point(s) cannot define a {self.params.estimator} covariance")
+            raise Degenerate(
+                f"{n} training point(s) cannot define a {self.params.estimator} covariance"
+            )
         self.mean_ = X.mean(axis=0)
         centred = X - self.mean_
         self.cov_ = centred.T @ centred / (n - ddof)
@@ -123,7 +125,10 @@ class Gaussian(ModelFamily):
             "mean_sq_error": float(np.sum((self.mean_ - self.true_mean) ** 2)),
             "variance_ratio": float(np.trace(self.cov_) / np.trace(self.true_cov)),
             "wasserstein2": gaussian_wasserstein2(
-                self.mean_, self.cov_, self.true_mean, self.true_cov,
+                self.mean_,
+                self.cov_,
+                self.true_mean,
+                self.true_cov,
                 sqrt_cov_b=self._true_cov_sqrt,
             ),
             "test_nll": self.score(test),

@@ -1,0 +1,559 @@
+"""The HTML report of a study: run status, a figure per metric and model, final-generation table.
+
+Pure: DataFrames in, one self-contained HTML string out. No file or database I/O, and the page
+makes no network request (figures are inline SVG, styles inline), so a report can be archived or
+mailed as a single file and still read in ten years. Every name that comes from a study file
+(study name, labels, errors, the study text) reaches the page through jinja2's autoescape.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import jinja2
+import matplotlib
+import polars as pl
+from markupsafe import Markup, escape
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from collapselab.chain import COLLAPSED, COMPLETED, FAILED, RUN_COLUMNS
+
+matplotlib.use("Agg")  # reports render in headless workers; must precede the pyplot import
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+#: The long results table `render_report` reads: one row per (run, generation, metric).
+_RUN_KEYS_IN_TIDY = (
+    "run_id", "family", "model", "strategy", "strategy_label",
+    "real_fraction", "temperature", "replicate", "status",
+)  # fmt: skip
+TIDY_COLUMNS = {
+    **{name: RUN_COLUMNS[name] for name in _RUN_KEYS_IN_TIDY},
+    "generation": pl.Int64,
+    "metric": pl.String,
+    "value": pl.Float64,
+}
+
+#: Mean ± 1.96 standard errors over replicates: an approximate 95% confidence band for the mean.
+ERRORBAR = ("se", 1.96)
+FIGURE_SIZE_IN = (6.4, 4.4)
+
+_PLOT_STYLE = {
+    **sns.axes_style("whitegrid"),
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    # Text stays text: smaller SVG, selectable, and no per-figure glyph definitions.
+    "svg.fonttype": "none",
+    # Fixed salt: the same frames give byte-identical pages (SVG ids are otherwise random).
+    "svg.hashsalt": "collapselab-report",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric is presented: short title, y-axis label, caption sentence and y scale."""
+
+    title: str
+    axis_label: str
+    description: str
+    #: `auto-log`: log scale when every value is positive and they span more than two decades.
+    y_scale: Literal["linear", "log", "auto-log"] = "linear"
+    #: A value drawn as a dotted reference line (the value that means "no collapse").
+    reference: float | None = None
+
+
+METRICS: dict[str, MetricInfo] = {
+    "mean_sq_error": MetricInfo(
+        "Error of the fitted mean",
+        "‖μ_t − μ‖²",
+        "Squared error of the fitted mean, ||mu_t - mu||^2",
+        y_scale="log",
+    ),
+    "variance_ratio": MetricInfo(
+        "Variance ratio",
+        "tr Σ_t / tr Σ",
+        "Fitted variance / true variance (trace ratio); 1 = no collapse",
+        reference=1.0,
+    ),
+    "wasserstein2": MetricInfo(
+        "Distance to the truth",
+        "W₂(model t, truth)",
+        "2-Wasserstein distance to the true distribution",
+    ),
+    "test_nll": MetricInfo(
+        "Held-out negative log-likelihood",
+        "NLL (nats per point)",
+        "Mean negative log-likelihood of held-out real data (nats per point)",
+        y_scale="auto-log",
+    ),
+    "tail_mass_ratio": MetricInfo(
+        "Tail mass ratio",
+        "tail mass / true tail mass",
+        "Model's mass beyond 2 true sd / the truth's; 1 = tails intact, 0 = tails lost",
+        reference=1.0,
+    ),
+    "real_fraction": MetricInfo(
+        "Real share of the training set",
+        "real fraction",
+        "Share of the training set that is real data",
+    ),
+    "train_size": MetricInfo(
+        "Training-set size",
+        "points",
+        "Training-set size (points)",
+    ),
+}
+
+
+def describe_metric(name: str) -> MetricInfo:
+    """The presentation of a metric; an unknown metric is shown under its raw name."""
+    return METRICS.get(name) or MetricInfo(name, name, name)
+
+
+def _metric_order(names: Iterable[str]) -> list[str]:
+    """Known metrics in the order of METRICS (most telling first), then the rest by name."""
+    present = set(names)
+    return [m for m in METRICS if m in present] + sorted(present - METRICS.keys())
+
+
+# --- page data --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureBlock:
+    anchor: str
+    title: str
+    svg: Markup
+    caption: str
+
+
+@dataclass(frozen=True)
+class FinalRow:
+    strategy_label: str
+    runs: int
+    final_generation: str
+    cells: list[str]
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    anchor: str
+    family: str
+    model: str
+    runs: int
+    figures: list[FigureBlock]
+    metric_titles: list[str]
+    final_rows: list[FinalRow]
+    failed_runs_left_out: int
+    any_infinite_final: bool
+
+
+def render_report(
+    *,
+    study: str,
+    tidy: pl.DataFrame,
+    runs: pl.DataFrame,
+    study_text: str | None,
+    generated_at: str,
+) -> str:
+    """Return one self-contained HTML page."""
+    if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
+        runs = pl.DataFrame(schema=RUN_COLUMNS)
+    if tidy.is_empty():
+        tidy = pl.DataFrame(schema=TIDY_COLUMNS)
+    labels = sorted(
+        set(tidy["strategy_label"].drop_nulls().to_list())
+        | set(runs["strategy_label"].drop_nulls().to_list())
+    )
+    palette = strategy_palette(labels)
+    model_keys = sorted(tidy.select("family", "model").unique().iter_rows())
+    sections = [
+        _model_section(
+            tidy.filter((pl.col("family") == family) & (pl.col("model") == model)),
+            anchor=f"model-{index}-{_slug(model)}",
+            family=family,
+            model=model,
+            labels=labels,
+            palette=palette,
+        )
+        for index, (family, model) in enumerate(model_keys, start=1)
+    ]
+    page = _environment().get_template("report.html")
+    return page.render(
+        study=study,
+        generated_at=generated_at,
+        code_versions=sorted(runs["code_version"].drop_nulls().unique().to_list()),
+        status_counts=_status_counts(runs),
+        total_runs=runs.height,
+        collapsed=_collapsed_summary(runs),
+        failed=_failed_runs(runs),
+        design=_design_summary(runs),
+        sections=sections,
+        study_text=study_text,
+    )
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("collapselab", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt variable fails loudly, not as blank text
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def strategy_palette(labels: Iterable[str]) -> dict[str, str]:
+    """Strategy label -> colour, one mapping for every figure of the page (sorted labels)."""
+    ordered = sorted(set(labels))
+    colours = sns.color_palette("colorblind", len(ordered)).as_hex()
+    return dict(zip(ordered, colours, strict=True))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+# --- run summary ------------------------------------------------------------------------------
+
+
+def _status_counts(runs: pl.DataFrame) -> list[tuple[str, int]]:
+    """Every known status (zeros included, so an absent failure is visible), then any other."""
+    counts = dict(runs.group_by("status").len().iter_rows())
+    known = [COMPLETED, COLLAPSED, FAILED]
+    others = sorted(str(s) for s in counts if s not in known)
+    return [(status, counts.get(status, 0)) for status in [*known, *others]]
+
+
+def _collapsed_summary(runs: pl.DataFrame) -> list[dict[str, object]]:
+    """Per model and strategy: how many runs collapsed, and at which generations."""
+    totals = runs.group_by("model", "strategy_label").len("total")
+    collapsed = (
+        runs.filter(pl.col("status") == COLLAPSED)
+        .group_by("model", "strategy_label")
+        .agg(pl.len().alias("count"), pl.col("collapse_generation").sort().alias("generations"))
+        .join(totals, on=["model", "strategy_label"])
+        .sort("model", "strategy_label")
+    )
+    return [
+        {
+            "model": row["model"],
+            "strategy_label": row["strategy_label"],
+            "count": row["count"],
+            "total": row["total"],
+            "generations": ", ".join("?" if g is None else str(g) for g in row["generations"]),
+        }
+        for row in collapsed.iter_rows(named=True)
+    ]
+
+
+def _failed_runs(runs: pl.DataFrame) -> list[dict[str, object]]:
+    return (
+        runs.filter(pl.col("status") == FAILED)
+        .sort("model", "strategy_label", "replicate")
+        .select("run_id", "model", "strategy_label", "replicate", "error")
+        .to_dicts()
+    )
+
+
+def _design_summary(runs: pl.DataFrame) -> dict[str, str]:
+    """n, G and replicates as stated in "How to read this" (several values are listed)."""
+
+    def listed(column: str) -> str:
+        values = sorted(runs[column].drop_nulls().unique().to_list())
+        return ", ".join(str(v) for v in values) if values else "?"
+
+    replicates = runs.group_by("model", "strategy_label").len()["len"]
+    return {
+        "n": listed("samples_per_generation"),
+        "generations": listed("generations"),
+        "replicates": "?" if replicates.is_empty() else _span(replicates.min(), replicates.max()),
+    }
+
+
+def _span(low: object, high: object) -> str:
+    return str(low) if low == high else f"{low}–{high}"
+
+
+# --- one model's section ----------------------------------------------------------------------
+
+
+def _model_section(
+    frame: pl.DataFrame,
+    *,
+    anchor: str,
+    family: str,
+    model: str,
+    labels: list[str],
+    palette: dict[str, str],
+) -> ModelSection:
+    metrics = _metric_order(frame["metric"].unique().to_list())
+    present = set(frame["strategy_label"].unique().to_list())
+    section_labels = [label for label in labels if label in present]
+    figures = [
+        _metric_figure(
+            frame.filter(pl.col("metric") == metric),
+            metric=metric,
+            anchor=f"{anchor}-fig{index}",
+            model=model,
+            labels=section_labels,
+            palette=palette,
+        )
+        for index, metric in enumerate(metrics, start=1)
+    ]
+    final_rows, failed_left_out = _final_generation_table(frame, metrics, section_labels)
+    return ModelSection(
+        anchor=anchor,
+        family=family,
+        model=model,
+        runs=frame["run_id"].n_unique(),
+        figures=figures,
+        metric_titles=[describe_metric(m).title for m in metrics],
+        final_rows=final_rows,
+        failed_runs_left_out=failed_left_out,
+        any_infinite_final=any("∞" in cell for row in final_rows for cell in row.cells),
+    )
+
+
+def _format_number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    if 1000 <= abs(value) < 1e6:  # sizes and large NLLs read better as whole numbers than 3.1e+03
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _final_generation_table(
+    frame: pl.DataFrame, metrics: list[str], labels: list[str]
+) -> tuple[list[FinalRow], int]:
+    """Mean ± sd over runs of each run's last stored generation. Collapsed runs stop early, so
+    their last metrics come from an earlier generation; failed runs stopped on a bug and are
+    left out (their count is returned for the footnote)."""
+    failed_left_out = frame.filter(pl.col("status") == FAILED)["run_id"].n_unique()
+    kept = frame.filter(pl.col("status") != FAILED)
+    last = kept.filter(pl.col("generation") == pl.col("generation").max().over("run_id"))
+    finite = pl.col("value").filter(pl.col("value").is_finite())
+    cells = {
+        (row["strategy_label"], row["metric"]): row
+        for row in last.group_by("strategy_label", "metric")
+        .agg(
+            finite.mean().alias("mean"),
+            finite.std().alias("sd"),
+            (~pl.col("value").is_finite()).sum().alias("infinite"),
+        )
+        .iter_rows(named=True)
+    }
+    per_strategy = {
+        row["strategy_label"]: row
+        for row in last.group_by("strategy_label")
+        .agg(
+            pl.col("run_id").n_unique().alias("runs"),
+            pl.col("generation").min().alias("first"),
+            pl.col("generation").max().alias("last"),
+        )
+        .iter_rows(named=True)
+    }
+    rows = []
+    for label in labels:
+        if label not in per_strategy:
+            continue
+        summary = per_strategy[label]
+        rows.append(
+            FinalRow(
+                strategy_label=label,
+                runs=summary["runs"],
+                final_generation=_span(summary["first"], summary["last"]),
+                cells=[_final_cell(cells.get((label, metric))) for metric in metrics],
+            )
+        )
+    return rows, failed_left_out
+
+
+def _final_cell(cell: dict[str, object] | None) -> str:
+    if cell is None:
+        return "—"
+    mean, sd, infinite = cell["mean"], cell["sd"], int(cell["infinite"])
+    text = "—" if mean is None else _format_number(mean)
+    if mean is not None and sd is not None:
+        text += f" ± {_format_number(sd)}"
+    if infinite:
+        text = "∞" if mean is None else f"{text} (+{infinite} × ∞)"
+    return text
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def _y_scale(info: MetricInfo, finite_values: pl.Series) -> Literal["linear", "log"]:
+    if finite_values.is_empty() or finite_values.min() <= 0:
+        return "linear"
+    if info.y_scale == "log":
+        return "log"
+    if info.y_scale == "auto-log" and finite_values.max() / finite_values.min() > 100:
+        return "log"
+    return "linear"
+
+
+def _metric_figure(
+    frame: pl.DataFrame,
+    *,
+    metric: str,
+    anchor: str,
+    model: str,
+    labels: list[str],
+    palette: dict[str, str],
+) -> FigureBlock:
+    """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG."""
+    info = describe_metric(metric)
+    finite = frame.filter(pl.col("value").is_finite())
+    infinite = frame.filter(~pl.col("value").is_finite())
+    drawn = [label for label in labels if label in set(frame["strategy_label"].to_list())]
+    scale = _y_scale(info, finite["value"])
+    with plt.rc_context(_PLOT_STYLE):
+        figure, axes = plt.subplots(figsize=FIGURE_SIZE_IN, layout="constrained")
+        try:
+            _draw_lines(figure, axes, finite, info=info, scale=scale, drawn=drawn, palette=palette)
+            svg = _inline_svg(figure, anchor=anchor, alt=_alt_text(finite, info, model, scale))
+        finally:
+            plt.close(figure)
+    return FigureBlock(
+        anchor=anchor,
+        title=info.title,
+        svg=svg,
+        caption=_caption(info, scale, finite.height + infinite.height, infinite),
+    )
+
+
+def _draw_lines(
+    figure: Figure,
+    axes: Axes,
+    finite: pl.DataFrame,
+    *,
+    info: MetricInfo,
+    scale: str,
+    drawn: list[str],
+    palette: dict[str, str],
+) -> None:
+    if finite.is_empty():
+        axes.text(0.5, 0.5, "no finite values", transform=axes.transAxes, ha="center")
+    else:
+        plotted = [label for label in drawn if label in set(finite["strategy_label"].to_list())]
+        sns.lineplot(
+            data=finite.select("generation", "value", "strategy_label").to_pandas(),
+            x="generation",
+            y="value",
+            hue="strategy_label",
+            hue_order=plotted,
+            palette={label: palette[label] for label in plotted},
+            errorbar=ERRORBAR,
+            legend=False,
+            ax=axes,
+        )
+    if info.reference is not None:
+        axes.axhline(info.reference, color="0.35", linewidth=0.9, linestyle=":", zorder=1)
+    axes.set_yscale(scale)
+    axes.set_title(info.title)
+    axes.set_xlabel("generation t (model t)")
+    axes.set_ylabel(info.axis_label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=palette[label], linewidth=2, label=label) for label in drawn]
+    if handles:
+        legend = figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(3, len(handles)),
+            frameon=False,
+        )
+        for text in legend.get_texts():
+            text.set_parse_math(False)  # a label from a study file is shown literally, "$" included
+
+
+def _alt_text(finite: pl.DataFrame, info: MetricInfo, model: str, scale: str) -> str:
+    """What a screen reader gets instead of the picture: what is plotted, and where lines end."""
+    if finite.is_empty():
+        return f"{info.title} for {model}: no finite values to plot."
+    endpoints = (
+        finite.group_by("strategy_label", "generation")
+        .agg(pl.col("value").mean())
+        .sort("generation")
+        .group_by("strategy_label", maintain_order=True)
+        .last()
+        .sort("strategy_label")
+    )
+    ends = "; ".join(
+        f"{row['strategy_label']} {_format_number(row['value'])} at generation {row['generation']}"
+        for row in endpoints.iter_rows(named=True)
+    )
+    return (
+        f"Line chart of {info.title.lower()} ({info.axis_label}, {scale} scale) against "
+        f"generation {finite['generation'].min()} to {finite['generation'].max()} for {model}, "
+        f"one line per strategy (mean over replicates with a ±1.96 standard-error band). "
+        f"Last plotted means: {ends}."
+    )
+
+
+def _caption(info: MetricInfo, scale: str, total: int, infinite: pl.DataFrame) -> str:
+    parts = [
+        f"{info.description}.",
+        "Lines: mean over replicates; bands: mean ± 1.96 standard errors.",
+    ]
+    if scale == "log":
+        parts.append("Log y-axis: a band whose lower edge is 0 or below runs off the bottom.")
+    if info.reference is not None:
+        parts.append(f"Dotted line: {info.reference:g}.")
+    if not infinite.is_empty():
+        by_strategy = ", ".join(
+            f"{label}: {count}"
+            for label, count in infinite.group_by("strategy_label")
+            .len()
+            .sort("strategy_label")
+            .iter_rows()
+        )
+        parts.append(
+            f"{infinite.height} of {total} points were infinite and are left out of the plot "
+            f"({by_strategy})."
+        )
+    return " ".join(parts)
+
+
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
+_ID = re.compile(r'\bid="([^"]+)"')
+_URL_REFERENCE = re.compile(r"url\(#([^)]+)\)")
+_HREF_REFERENCE = re.compile(r'href="#([^"]+)"')
+_SIZE_ATTRIBUTE = re.compile(r'\s(?:width|height)="[^"]*"')
+
+
+def _inline_svg(figure: Figure, *, anchor: str, alt: str) -> Markup:
+    """The figure as an SVG element fit to sit inside HTML: no XML prologue or DOCTYPE, ids
+    prefixed with `anchor` (matplotlib numbers them per figure, so several would clash), sized by
+    its viewBox so CSS can make it responsive, and labelled by a <title> for assistive tech."""
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]
+    svg = _METADATA.sub("", svg, count=1)
+    svg = _ID.sub(lambda m: f'id="{anchor}-{m[1]}"', svg)
+    svg = _URL_REFERENCE.sub(lambda m: f"url(#{anchor}-{m[1]})", svg)
+    svg = _HREF_REFERENCE.sub(lambda m: f'href="#{anchor}-{m[1]}"', svg)
+    tag_end = svg.index(">")
+    opening = _SIZE_ATTRIBUTE.sub("", svg[:tag_end])
+    title_id = f"{anchor}-title"
+    return Markup(
+        f'{opening} role="img" aria-labelledby="{title_id}">'
+        f'<title id="{title_id}">{escape(alt)}</title>{svg[tag_end + 1 :]}'
+    )

@@ -1,0 +1,153 @@
+"""The Gaussian chain against its closed forms, over many seeded replicates.
+
+Each check computes, generation by generation, z = (simulated mean - closed form) / (Monte Carlo
+standard error) and requires |z| < Z_MAX. The same check must reject a formula that is off by one
+fit, so it has the power to fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from collapselab import theory
+from collapselab.chain import outcomes_to_frames, run_many
+from collapselab.config import parse_study
+from collapselab.models.gaussian import Gaussian, GaussianParams
+
+Z_MAX = 4.5  # two-sided, per generation; with ~20 generations a false alarm is ~1e-4
+REPLICATES = 1500
+
+
+def simulate(
+    *, estimator: str, n: int, generations: int, dim: int = 1, seed: int = 2024
+) -> pl.DataFrame:
+    study = parse_study(
+        {
+            "name": f"theory-{estimator}",
+            "seed": seed,
+            "generations": generations,
+            "replicates": REPLICATES,
+            "samples_per_generation": n,
+            "test_size": 10,
+            "models": [{"family": "gaussian", "dim": dim, "estimator": estimator}],
+            "strategies": ["replace"],
+        }
+    )
+    _, metrics = outcomes_to_frames(run_many(study.run_specs()))
+    return metrics
+
+
+def z_scores(metrics: pl.DataFrame, metric: str, expected) -> np.ndarray:
+    summary = (
+        metrics.filter(pl.col("metric") == metric)
+        .group_by("generation")
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std().alias("sd"),
+            pl.len().alias("count"),
+        )
+        .sort("generation")
+    )
+    t = summary["generation"].to_numpy()
+    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
+    return (summary["mean"].to_numpy() - expected(t)) / se
+
+
+@pytest.fixture(scope="module")
+def mle_chain() -> pl.DataFrame:
+    return simulate(estimator="mle", n=10, generations=20, dim=2)
+
+
+@pytest.fixture(scope="module")
+def unbiased_chain() -> pl.DataFrame:
+    return simulate(estimator="unbiased", n=10, generations=20)
+
+
+def test_mle_variance_ratio_follows_closed_form(mle_chain):
+    z = z_scores(mle_chain, "variance_ratio", lambda t: theory.gaussian_mle_variance_ratio(t, 10))
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+def test_mle_check_rejects_an_off_by_one_formula(mle_chain):
+    z = z_scores(mle_chain, "variance_ratio", lambda t: (1 - 1 / 10) ** t)
+    assert np.max(np.abs(z)) > Z_MAX
+
+
+def test_unbiased_mean_sq_error_follows_closed_form(unbiased_chain):
+    z = z_scores(
+        unbiased_chain, "mean_sq_error", lambda t: theory.gaussian_unbiased_mean_sq_error(t, 10)
+    )
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+def test_unbiased_check_rejects_wrong_formulas(unbiased_chain):
+    off_by_one = z_scores(unbiased_chain, "mean_sq_error", lambda t: t / 10)
+    mle_like = z_scores(
+        unbiased_chain, "mean_sq_error", lambda t: (1 - (0.9) ** (t + 1)) / (1 - 0.9) / 10
+    )  # sum of shrinking variances
+    assert np.max(np.abs(off_by_one)) > Z_MAX
+    assert np.max(np.abs(mle_like)) > Z_MAX
+
+
+def test_unbiased_variance_is_a_martingale(unbiased_chain):
+    z = z_scores(
+        unbiased_chain, "variance_ratio", lambda t: theory.gaussian_unbiased_variance_ratio(t, 10)
+    )
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+# --- exact properties of one fit ---------------------------------------------------------------
+
+
+def fitted(X: np.ndarray, **params) -> Gaussian:
+    return Gaussian(GaussianParams(**params)).fit(X)
+
+
+def test_fit_matches_numpy_estimators():
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    assert np.allclose(fitted(X, dim=3).cov_, np.cov(X, rowvar=False, ddof=0))
+    assert np.allclose(fitted(X, dim=3, estimator="unbiased").cov_, np.cov(X, rowvar=False, ddof=1))
+
+
+def test_metrics_are_zero_distance_at_the_truth():
+    model = fitted(np.array([[-1.0], [1.0]]), dim=1)  # mean 0, ML variance 1: exactly the truth
+    values = model.metrics(np.random.default_rng(1).normal(size=(100_000, 1)))
+    assert values["mean_sq_error"] == 0.0
+    assert values["variance_ratio"] == pytest.approx(1.0)
+    assert values["wasserstein2"] == pytest.approx(0.0, abs=1e-7)
+    assert values["tail_mass_ratio"] == pytest.approx(1.0)
+    assert values["test_nll"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e), abs=0.01)
+
+
+def test_wasserstein_and_tail_mass_in_one_dimension():
+    model = fitted(np.array([[1.0], [2.0]]), dim=1)  # mean 1.5, sd 0.5
+    values = model.metrics(np.zeros((1, 1)))
+    assert values["wasserstein2"] == pytest.approx(np.sqrt(1.5**2 + 0.5**2))
+    # mass beyond +-2 of N(1.5, 0.25): P(Z > 1) + P(Z < -7), truth 2 P(Z > 2)
+    from scipy.stats import norm
+
+    assert values["tail_mass_ratio"] == pytest.approx(
+        (norm.sf(1) + norm.cdf(-7)) / (2 * norm.sf(2))
+    )
+
+
+def test_temperature_scales_the_sampled_covariance():
+    model = fitted(np.random.default_rng(2).normal(size=(200, 2)), dim=2)
+    draws = model.sample(200_000, rng=np.random.default_rng(3), temperature=0.5)
+    assert np.allclose(np.cov(draws, rowvar=False), 0.5 * model.cov_, atol=0.01)
+
+
+def test_sampling_uses_only_the_given_generator():
+    model = fitted(np.random.default_rng(4).normal(size=(30, 1)))
+    a = model.sample(5, rng=np.random.default_rng(9))
+    np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
+    assert np.array_equal(a, model.sample(5, rng=np.random.default_rng(9)))
+
+
+def test_non_default_truth_is_respected():
+    params = GaussianParams(dim=2, mean=(1.0, -1.0), cov=((4.0, 1.0), (1.0, 2.0)))
+    real = Gaussian(params).real_data().open(n_test=50_000, seed=np.random.SeedSequence(0))
+    assert np.allclose(real.test.mean(axis=0), [1.0, -1.0], atol=0.05)
+    assert np.allclose(np.cov(real.test, rowvar=False), [[4.0, 1.0], [1.0, 2.0]], atol=0.1)

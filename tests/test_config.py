@@ -1,0 +1,141 @@
+"""Study validation: every bad input is a one-line error naming the field and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from collapselab.config import StudyError, load_study, parse_study
+
+
+def error_of(study: dict) -> str:
+    with pytest.raises(StudyError) as info:
+        parse_study(study, source="s.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"colour": "red"}, ["colour", "unknown key", "samples_per_generation"]),
+        ({"seed": "zero"}, ["seed", "integer"]),
+        ({"generations": 2.5}, ["generations", "integer"]),
+        ({"samples_per_generation": 1}, ["samples_per_generation", "greater than or equal to 2"]),
+        ({"replicates": 0}, ["replicates", "greater than 0"]),
+        (
+            {"models": [{"family": "transformer"}]},
+            ["models[0].family", "'transformer'", "gaussian"],
+        ),
+        ({"models": [{"dim": 2}]}, ["models[0]", "family", "gaussian"]),
+        ({"models": [{"family": "gaussian", "depth": 3}]}, ["models[0].depth", "estimator"]),
+        (
+            {"models": [{"family": "gaussian", "estimator": "map"}]},
+            ["models[0].estimator", "'mle'", "'unbiased'"],
+        ),
+        (
+            {"models": [{"family": "gaussian", "dim": 2, "mean": [0.0]}]},
+            ["models[0]", "mean", "dim=2"],
+        ),
+        ({"models": []}, ["models", "at least 1"]),
+        ({"strategies": ["recycle"]}, ["strategies[0].name", "'recycle'", "accumulate-subsample"]),
+        (
+            {"strategies": [{"name": "fixed-fraction", "real_fraction": 1.5}]},
+            ["strategies[0].real_fraction", "less than or equal to 1"],
+        ),
+        (
+            {"strategies": [{"name": "fresh-data", "real_fraction": -0.1}]},
+            ["strategies[0].real_fraction", "greater than or equal to 0"],
+        ),
+        ({"strategies": [{"name": "fixed-fraction"}]}, ["strategies[0].real_fraction", "required"]),
+        (
+            {"strategies": [{"name": "replace", "real_fraction": 0.5}]},
+            ["strategies[0].real_fraction", "unknown key", "temperature"],
+        ),
+        (
+            {"strategies": [{"name": "replace", "temperature": 0}]},
+            ["strategies[0].temperature", "greater than 0"],
+        ),
+        ({"strategies": ["replace", {"name": "replace"}]}, ["strategies", "twice"]),
+        ({"name": "../escape"}, ["name", "pattern"]),
+    ],
+)
+def test_bad_study_is_one_line_naming_the_field(tiny_study, change, expected):
+    message = error_of({**tiny_study, **change})
+    assert message.startswith("s.yaml: ")
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_missing_required_key(tiny_study):
+    del tiny_study["seed"]
+    assert "seed: Field required" in error_of(tiny_study)
+
+
+def test_not_a_mapping():
+    with pytest.raises(StudyError, match="must be a mapping"):
+        parse_study(["name", "x"], source="s.yaml")
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(StudyError, match="cannot read"):
+        load_study(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(StudyError, match="not valid YAML"):
+        load_study(bad)
+
+
+def test_the_issue_example_is_valid_as_written():
+    study, text = load_study("studies/quick.yaml")
+    assert study.name == "quick" and study.generations == 30
+    assert len(study.run_specs()) == 1 * 6 * 5
+    assert "accumulate-subsample" in text
+    labels = [s.label() for s in study.strategies]
+    assert labels == [
+        "replace",
+        "accumulate",
+        "accumulate-subsample",
+        "fixed-fraction(p=0.2)",
+        "fresh-data(p=0.2)",
+        "replace(T=0.8)",
+    ]
+
+
+def test_run_ids_hash_parameters_not_grid_position(tiny_study):
+    specs = parse_study(tiny_study).run_specs()
+    assert len({s.run_id for s in specs}) == len(specs)
+    reordered = {**tiny_study, "strategies": list(reversed(tiny_study["strategies"]))}
+    assert {s.run_id for s in parse_study(reordered).run_specs()} == {s.run_id for s in specs}
+    # the same parameters written differently are the same run
+    spelled_out = {**tiny_study, "strategies": [{"name": "replace", "temperature": 1.0}]}
+    bare = {**tiny_study, "strategies": ["replace"]}
+    assert [s.run_id for s in parse_study(spelled_out).run_specs()] == [
+        s.run_id for s in parse_study(bare).run_specs()
+    ]
+    # changing a parameter makes a new run
+    longer = {**tiny_study, "generations": 7}
+    assert not {s.run_id for s in parse_study(longer).run_specs()} & {s.run_id for s in specs}
+
+
+def test_seeds_ignore_generations_and_study_name(tiny_study):
+    spec = parse_study(tiny_study).run_specs()[0]
+    other = parse_study({**tiny_study, "name": "renamed", "generations": 20}).run_specs()[0]
+    assert (
+        spec.chain_seed().generate_state(4).tolist()
+        == other.chain_seed().generate_state(4).tolist()
+    )
+    reseeded = parse_study({**tiny_study, "seed": 8}).run_specs()[0]
+    assert (
+        spec.chain_seed().generate_state(4).tolist()
+        != reseeded.chain_seed().generate_state(4).tolist()
+    )
+
+
+def test_study_files_in_repo_are_valid():
+    from pathlib import Path
+
+    for path in sorted(Path("studies").glob("*.yaml")):
+        study, _ = load_study(path)
+        assert study.name == yaml.safe_load(path.read_text())["name"]

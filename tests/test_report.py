@@ -1,0 +1,353 @@
+"""The HTML report: every section present, names escaped, odd inputs (no results, failures,
+collapses, infinities) shown rather than crashing, and a page that makes no network request."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import polars as pl
+import pytest
+from markupsafe import escape
+
+from collapselab.chain import outcomes_to_frames, run_many
+from collapselab.config import load_study, parse_study
+from collapselab.report import (
+    METRICS,
+    TIDY_COLUMNS,
+    describe_metric,
+    render_report,
+    strategy_palette,
+)
+
+QUICK_STUDY = Path(__file__).resolve().parents[1] / "studies" / "quick.yaml"
+GENERATED_AT = "2026-01-02T03:04:05+00:00"
+XSS = "<script>alert(1)</script>"
+
+
+def tidy_frame(runs: pl.DataFrame, metrics: pl.DataFrame) -> pl.DataFrame:
+    """The long table the report reads, built as the store builds it: metrics joined to runs."""
+    run_keys = [name for name in TIDY_COLUMNS if name not in metrics.columns]
+    return metrics.join(runs.select("run_id", *run_keys), on="run_id")
+
+
+def frames_of(study_config: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
+    runs, metrics = outcomes_to_frames(run_many(study_config.run_specs()))
+    return runs, tidy_frame(runs, metrics)
+
+
+def render(tidy: pl.DataFrame, runs: pl.DataFrame, **overrides: Any) -> str:
+    arguments = {
+        "study": "quick",
+        "tidy": tidy,
+        "runs": runs,
+        "study_text": "name: quick\n",
+        "generated_at": GENERATED_AT,
+    }
+    return render_report(**{**arguments, **overrides})
+
+
+def escaped(text: str) -> str:
+    """`text` as jinja2's autoescape writes it into the page."""
+    return str(escape(text))
+
+
+class PageStructure(HTMLParser):
+    """Ids, links, external references and heading texts of a page."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ids: list[str] = []
+        self.links: list[str] = []
+        self.sources: list[str] = []
+        self.tags: list[str] = []
+        self.headings: dict[str, list[str]] = {"h1": [], "h2": [], "h3": []}
+        self.row_headers: list[str] = []
+        self._open: str | None = None
+        self._text: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.append(values["id"])
+        for name in ("href", "xlink:href"):
+            if values.get(name):
+                self.links.append(values[name])
+        if values.get("src"):
+            self.sources.append(values["src"])
+        if tag in self.headings or (tag == "th" and values.get("scope") == "row"):
+            self._open, self._text = tag, []
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._open:
+            text = "".join(self._text).strip()
+            (self.row_headers if tag == "th" else self.headings[tag]).append(text)
+            self._open = None
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, Any]:
+    study, text = load_study(QUICK_STUDY)
+    runs, tidy = frames_of(study)
+    page = render(tidy, runs, study=study.name, study_text=text)
+    return {"study": study, "text": text, "runs": runs, "tidy": tidy, "page": page}
+
+
+@pytest.fixture(scope="module")
+def collapsing() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Two models; replace at T=0.3 shrinks the variance 0.3x a generation until it collapses."""
+    study = parse_study(
+        {
+            "name": "collapsing",
+            "seed": 1,
+            "generations": 40,
+            "replicates": 2,
+            "samples_per_generation": 20,
+            "test_size": 200,
+            "models": [{"family": "gaussian"}, {"family": "gaussian", "dim": 2}],
+            "strategies": ["replace", {"name": "replace", "temperature": 0.3}],
+        }
+    )
+    return frames_of(study)
+
+
+# --- the quick study's page -------------------------------------------------------------------
+
+
+def test_quick_page_has_header_status_and_how_to_read(quick: dict[str, Any]) -> None:
+    page, runs = quick["page"], quick["runs"]
+    structure = PageStructure(page)
+    assert structure.headings["h1"] == ["CollapseLab report: quick"]
+    assert GENERATED_AT in page
+    assert runs["code_version"][0] in page
+    assert '<th scope="row">completed</th><td class="num">30</td>' in page
+    assert '<th scope="row">failed</th><td class="num">0</td>' in page
+    assert "Failed runs" not in page
+    assert "How to read this" in structure.headings["h2"]
+    assert "mean ± 1.96 standard errors" in page
+    assert "n = 100 real points" in page
+
+
+def test_quick_page_has_a_section_and_one_svg_per_metric(quick: dict[str, Any]) -> None:
+    page, tidy = quick["page"], quick["tidy"]
+    structure = PageStructure(page)
+    metrics = tidy["metric"].unique().to_list()
+    assert len(metrics) == 7
+    assert "Model gaussian" in structure.headings["h2"]
+    assert page.count("<svg") == len(metrics) == page.count("<figure")
+    assert page.count("<figcaption>") == len(metrics)
+    for metric in metrics:
+        assert escaped(describe_metric(metric).title) in page
+        assert escaped(describe_metric(metric).description) in page
+    assert "Error of the fitted mean" in page and "Log y-axis" in page
+    assert plt.get_fignums() == []  # every figure was closed
+
+
+def test_quick_page_final_table_lists_every_strategy_with_final_means(
+    quick: dict[str, Any],
+) -> None:
+    page, tidy = quick["page"], quick["tidy"]
+    structure = PageStructure(page)
+    labels = sorted(tidy["strategy_label"].unique().to_list())
+    assert structure.row_headers[-len(labels) :] == labels
+    assert "Final generation" in structure.headings["h3"]
+    final = tidy.filter(
+        (pl.col("generation") == 30)
+        & (pl.col("metric") == "variance_ratio")
+        & (pl.col("strategy_label") == "replace")
+    )["value"]
+    assert f"{final.mean():.3g} ± {final.std():.3g}" in page
+    assert "last generation each run reached" in page
+
+
+def test_quick_page_echoes_the_study_file(quick: dict[str, Any]) -> None:
+    page, text = quick["page"], quick["text"]
+    assert f"<pre>{escaped(text)}</pre>" in page
+
+
+def test_toc_links_resolve_and_ids_are_unique(quick: dict[str, Any]) -> None:
+    structure = PageStructure(quick["page"])
+    assert len(structure.ids) == len(set(structure.ids))
+    local = [link[1:] for link in structure.links if link.startswith("#")]
+    assert set(local) <= set(structure.ids)
+    for anchor in ("runs", "how-to-read", "study-file", "model-1-gaussian"):
+        assert anchor in local
+    nav = quick["page"].split('<nav id="contents"', 1)[1].split("</nav>", 1)[0]
+    assert len(re.findall(r'href="#', nav)) == 4 + 7 + 1  # sections, figures, final table
+
+
+def test_page_makes_no_external_requests(quick: dict[str, Any]) -> None:
+    page = quick["page"]
+    structure = PageStructure(page)
+    assert structure.sources == []
+    assert all(link.startswith("#") for link in structure.links)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
+    assert "link" not in structure.tags and "script" not in structure.tags
+    assert not re.search(r"@import|url\(\s*['\"]?(?:https?:)?//", page, re.IGNORECASE)
+
+
+def test_same_frames_render_the_same_page(quick: dict[str, Any]) -> None:
+    again = render(quick["tidy"], quick["runs"], study="quick", study_text=quick["text"])
+    assert again == quick["page"]
+
+
+# --- names from study files are escaped -------------------------------------------------------
+
+
+def test_names_from_a_study_are_escaped(quick: dict[str, Any]) -> None:
+    def hostile(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            strategy_label=pl.when(pl.col("strategy_label") == "replace")
+            .then(pl.lit(XSS))
+            .otherwise(pl.col("strategy_label")),
+            model=pl.lit(f"gaussian{XSS}"),
+        )
+
+    runs = hostile(quick["runs"]).with_columns(
+        status=pl.when(pl.col("replicate") == 0).then(pl.lit("failed")).otherwise("status"),
+        error=pl.when(pl.col("replicate") == 0).then(pl.lit(f"boom {XSS}")).otherwise("error"),
+    )
+    page = render(hostile(quick["tidy"]), runs, study=XSS, study_text=f"name: {XSS}\n")
+    assert XSS not in page
+    assert "<script" not in page.lower()
+    escaped_xss = escaped(XSS)
+    assert page.count(escaped_xss) > 10  # title, legend texts, tables, errors, study text
+    assert f"<h1>CollapseLab report: {escaped(XSS)}</h1>" in page
+    assert f"<pre>name: {escaped(XSS)}\n</pre>" in page
+
+
+def test_dollar_signs_in_labels_are_not_parsed_as_mathtext(quick: dict[str, Any]) -> None:
+    def dollars(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(strategy_label=pl.col("strategy_label") + "x$^$")
+
+    page = render(dollars(quick["tidy"]), dollars(quick["runs"]))
+    assert "replace(T=0.8)x$^$" in page
+
+
+# --- no results, failures, collapses, infinities ----------------------------------------------
+
+
+def test_empty_tidy_renders_a_page_saying_no_results(quick: dict[str, Any]) -> None:
+    page = render(quick["tidy"].clear(), quick["runs"], study_text=None)
+    structure = PageStructure(page)
+    assert "No results are stored yet" in page
+    assert "<svg" not in page
+    assert "study file not stored" in page
+    assert {link[1:] for link in structure.links} <= set(structure.ids)
+
+
+def test_nothing_stored_at_all_still_renders() -> None:
+    page = render(pl.DataFrame(), pl.DataFrame())
+    assert "No runs are stored" in page and "No results are stored yet" in page
+    page = render(pl.DataFrame(schema=TIDY_COLUMNS), pl.DataFrame())
+    assert "No results are stored yet" in page
+
+
+def test_failed_run_error_is_shown_and_left_out_of_the_final_table(
+    quick: dict[str, Any],
+) -> None:
+    runs, tidy = quick["runs"], quick["tidy"]
+    failed_id = runs.filter(
+        (pl.col("strategy_label") == "accumulate") & (pl.col("replicate") == 0)
+    )["run_id"][0]
+    error = "generation 4: ValueError: boom & bust at gaussian.py:12 in fit"
+    failing = pl.col("run_id") == failed_id
+    runs = runs.with_columns(
+        status=pl.when(failing).then(pl.lit("failed")).otherwise("status"),
+        error=pl.when(failing).then(pl.lit(error)).otherwise("error"),
+    )
+    tidy = tidy.filter(~failing | (pl.col("generation") < 4)).with_columns(
+        status=pl.when(failing).then(pl.lit("failed")).otherwise("status")
+    )
+    page = render(tidy, runs)
+    structure = PageStructure(page)
+    assert "Failed runs" in structure.headings["h3"]
+    assert escaped(error) in page
+    assert failed_id in page
+    assert '<th scope="row">failed</th><td class="num">1</td>' in page
+    assert '<th scope="row">completed</th><td class="num">29</td>' in page
+    assert "1 failed run(s) are left out" in page
+    row = page.split('<th scope="row">accumulate</th>', 1)[1]
+    assert row.startswith('<td class="num">4</td>')  # 4 runs left for accumulate, not 5
+
+
+def test_collapsed_runs_say_at_which_generation(
+    collapsing: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    runs, tidy = collapsing
+    collapsed = runs.filter(pl.col("status") == "collapsed")
+    assert not collapsed.is_empty()
+    page = render(tidy, runs, study="collapsing")
+    structure = PageStructure(page)
+    assert "Collapsed runs" in structure.headings["h3"]
+    assert {"Model gaussian", "Model gaussian(dim=2)"} <= set(structure.headings["h2"])
+    for (model,), frame in collapsed.group_by("model"):
+        generations = ", ".join(str(g) for g in sorted(frame["collapse_generation"].to_list()))
+        assert f"<td>{generations}</td>" in page, model
+    # The final table shows the range of generations reached (collapsed runs end early).
+    last = tidy.filter(pl.col("strategy_label") == "replace(T=0.3)").group_by("run_id", "model")
+    reached = last.agg(pl.col("generation").max())
+    for (model,), frame in reached.group_by("model"):
+        low, high = frame["generation"].min(), frame["generation"].max()
+        expected = str(low) if low == high else f"{low}–{high}"
+        section = page.split(f"Model {escaped(model)}</h2>", 1)[1]
+        row = section.split('<th scope="row">replace(T=0.3)</th>', 1)[1]
+        assert f'<td class="num">{expected}</td>' in row.split("</tr>", 1)[0]
+    metrics_per_model = tidy.group_by("model").agg(pl.col("metric").n_unique())["metric"].sum()
+    assert page.count("<svg") == metrics_per_model
+
+
+def test_infinite_values_are_left_out_of_plots_and_reported(quick: dict[str, Any]) -> None:
+    tidy = quick["tidy"]
+    blown_up = (
+        (pl.col("metric") == "test_nll")
+        & (pl.col("strategy_label") == "replace(T=0.8)")
+        & (pl.col("generation") >= 28)
+        & (pl.col("replicate") < 2)
+    )
+    tidy = tidy.with_columns(value=pl.when(blown_up).then(float("inf")).otherwise("value"))
+    all_infinite = tidy.filter(pl.col("metric") == "train_size").with_columns(
+        metric=pl.lit("made_up_metric"), value=pl.lit(float("inf"))
+    )
+    page = render(pl.concat([tidy, all_infinite]), quick["runs"])
+    total = tidy.filter(pl.col("metric") == "test_nll").height
+    assert f"6 of {total} points were infinite and are left out of the plot" in page
+    assert "(replace(T=0.8): 6)" in page
+    assert "(+2 × ∞)" in page  # 2 of the 5 replace(T=0.8) runs end on an infinite NLL
+    assert "made_up_metric" in page  # unknown metrics fall back to their raw name
+    assert "no finite values" in page
+    assert page.count("<svg") == 8
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def test_palette_is_colour_blind_safe_and_independent_of_order() -> None:
+    labels = ["replace", "accumulate", "fresh-data(p=0.2)"]
+    palette = strategy_palette(labels)
+    assert list(palette) == sorted(labels)
+    assert palette == strategy_palette(reversed(labels))
+    assert len(set(palette.values())) == len(labels)
+    assert palette["accumulate"] == "#0173b2"  # seaborn "colorblind", first colour
+
+
+def test_every_figure_uses_the_page_wide_strategy_colours(quick: dict[str, Any]) -> None:
+    palette = strategy_palette(quick["tidy"]["strategy_label"].unique().to_list())
+    figures = re.findall(r"<svg.*?</svg>", quick["page"], re.DOTALL)
+    for svg in figures:
+        for colour in palette.values():
+            assert colour in svg
+
+
+def test_unknown_metric_falls_back_to_its_name() -> None:
+    assert describe_metric("mystery").title == "mystery"
+    assert describe_metric("variance_ratio") is METRICS["variance_ratio"]

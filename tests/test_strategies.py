@@ -1,0 +1,167 @@
+"""Each strategy's training set, checked on identifiable points for arbitrary n, t and p."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collapselab.data import PooledData
+from collapselab.strategies import (
+    REAL,
+    STRATEGIES,
+    AccumulateParams,
+    AccumulateSubsampleParams,
+    FixedFractionParams,
+    FreshDataParams,
+    History,
+    ReplaceParams,
+    build_strategy,
+)
+
+N_TEST = 30
+SYNTHETIC_OFFSET = 1_000_000  # synthetic point k*OFFSET + i: never equal to a real point's id
+
+
+def run_history(params, *, n: int, generations: int, seed: int):
+    """Drive a strategy for `generations` steps on identifiable points; yield (t, training set)."""
+    real = PooledData(key="ids", points=np.arange(10_000, dtype=float).reshape(-1, 1))
+    stream = real.open(n_test=N_TEST, seed=np.random.SeedSequence(seed))
+    history = History(n=n, real=stream)
+    strategy = build_strategy(params)
+    rng = np.random.default_rng(seed)
+    sets = []
+    for t in range(1, generations + 1):
+        history.add_samples(((t) * SYNTHETIC_OFFSET + np.arange(n, dtype=float)).reshape(-1, 1))
+        train = strategy.training_set(t, history, rng)
+        sets.append((t, train))
+    return stream, history, sets
+
+
+def ids(train) -> np.ndarray:
+    return train.data[:, 0]
+
+
+def is_real(values: np.ndarray) -> np.ndarray:
+    return values < SYNTHETIC_OFFSET
+
+
+common = dict(
+    n=st.integers(min_value=2, max_value=60),
+    generations=st.integers(min_value=1, max_value=6),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+
+
+def check_common(stream, sets):
+    test_ids = set(ids_of_test(stream))
+    for _, train in sets:
+        values = ids(train)
+        # origin labels agree with what the points are
+        assert np.array_equal(train.origin == REAL, is_real(values))
+        # the held-out test set never leaks into training
+        assert not test_ids & set(values[is_real(values)].tolist())
+
+
+def ids_of_test(stream) -> np.ndarray:
+    return stream.test[:, 0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(**common)
+def test_replace_uses_only_the_latest_samples(n, generations, seed):
+    stream, _, sets = run_history(ReplaceParams(), n=n, generations=generations, seed=seed)
+    check_common(stream, sets)
+    for t, train in sets:
+        assert len(train) == n and train.real_share == 0.0
+        assert np.all(train.origin == t - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(**common)
+def test_accumulate_keeps_everything(n, generations, seed):
+    stream, history, sets = run_history(AccumulateParams(), n=n, generations=generations, seed=seed)
+    check_common(stream, sets)
+    for t, train in sets:
+        assert len(train) == (t + 1) * n
+        assert train.real_share == pytest.approx(1 / (t + 1))
+        assert np.array_equal(np.sort(ids(train)[train.origin == REAL]), np.sort(ids(history.r0)))
+        for k in range(t):
+            assert np.sum(train.origin == k) == n
+
+
+@settings(max_examples=40, deadline=None)
+@given(**common)
+def test_accumulate_subsample_draws_n_distinct_points_of_the_pool(n, generations, seed):
+    stream, history, sets = run_history(
+        AccumulateSubsampleParams(), n=n, generations=generations, seed=seed
+    )
+    check_common(stream, sets)
+    for t, train in sets:
+        pool = set(ids(history.r0).tolist()) | {
+            (k + 1) * SYNTHETIC_OFFSET + i for k in range(t) for i in range(n)
+        }
+        assert len(train) == n
+        assert len(set(ids(train).tolist())) == n  # without replacement
+        assert set(ids(train).tolist()) <= pool
+        assert train.origin.max() <= t - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.floats(min_value=0.0, max_value=1.0), **common)
+def test_fixed_fraction_mixes_r0_and_latest(p, n, generations, seed):
+    stream, history, sets = run_history(
+        FixedFractionParams(real_fraction=p), n=n, generations=generations, seed=seed
+    )
+    check_common(stream, sets)
+    k = round(p * n)
+    for t, train in sets:
+        values = ids(train)
+        assert len(train) == n and np.sum(train.origin == REAL) == k
+        assert set(values[is_real(values)].tolist()) <= set(ids(history.r0).tolist())
+        assert len(set(values[is_real(values)].tolist())) == k
+        assert np.all(train.origin[train.origin != REAL] == t - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.floats(min_value=0.0, max_value=1.0), **common)
+def test_fresh_data_never_reuses_a_real_point(p, n, generations, seed):
+    stream, history, sets = run_history(
+        FreshDataParams(real_fraction=p), n=n, generations=generations, seed=seed
+    )
+    check_common(stream, sets)
+    k = round(p * n)
+    seen = set(ids(history.r0).tolist())
+    for t, train in sets:
+        values = ids(train)
+        fresh = set(values[is_real(values)].tolist())
+        assert len(train) == n and len(fresh) == k
+        assert not fresh & seen, "a real point was used twice"
+        seen |= fresh
+        assert np.all(train.origin[train.origin != REAL] == t - 1)
+
+
+def test_fresh_data_counts_the_real_points_it_needs():
+    strategy = build_strategy(FreshDataParams(real_fraction=0.25))
+    assert strategy.real_points_needed(n=100, generations=10) == 100 + 10 * 25
+    assert build_strategy(ReplaceParams()).real_points_needed(n=100, generations=10) == 100
+
+
+def test_finite_real_data_runs_out_loudly():
+    stream = PooledData(key="ids", points=np.arange(10.0).reshape(-1, 1)).open(
+        n_test=4, seed=np.random.SeedSequence(0)
+    )
+    stream.take(5)
+    with pytest.raises(ValueError, match="exhausted"):
+        stream.take(2)
+
+
+def test_every_strategy_is_covered_here():
+    assert set(STRATEGIES) == {
+        "replace",
+        "accumulate",
+        "accumulate-subsample",
+        "fixed-fraction",
+        "fresh-data",
+    }
