@@ -44,7 +44,7 @@ def run(
     db: DbOption = Path("collapselab.duckdb"),
     runner: Annotated[RunnerName, typer.Option(help="Where tasks run.")] = RunnerName.processes,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Parallel workers [default: all cores].")
+        int | None, typer.Option(min=1, help="Parallel workers (default: all cores).")
     ] = None,
     dask_address: Annotated[
         str | None, typer.Option(help="Address of an existing Dask scheduler (with --runner dask).")
@@ -53,7 +53,7 @@ def run(
         float | None, typer.Option(min=0, help="Stop submitting work after this many seconds.")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Runs per task [default: automatic].")
+        int | None, typer.Option(min=1, help="Runs per task (default: automatic).")
     ] = None,
     report: Annotated[bool, typer.Option(help="Render the HTML report afterwards.")] = True,
     reports_dir: Annotated[
@@ -101,7 +101,7 @@ def run(
 def report(
     db: DbOption = Path("collapselab.duckdb"),
     study: Annotated[
-        str | None, typer.Option(help="Study name [default: every stored study].")
+        str | None, typer.Option(help="Study name (default: every stored study).")
     ] = None,
     out: Annotated[Path, typer.Option(help="Reports land in OUT/<study>/index.html.")] = Path(
         "reports"

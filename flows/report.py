@@ -10,7 +10,13 @@ from collapselab.store import Store
 from tasks.report import render_study_report
 
 
-@flow(name="collapse-report", flow_run_name="report {study}")
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"report {flow_run.parameters.get('study') or 'all studies'}"
+
+
+@flow(name="collapse-report", flow_run_name=_run_name)
 def report_flow(
     db: str = "collapselab.duckdb", study: str | None = None, out: str = "reports"
 ) -> list[str]:
