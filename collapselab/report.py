@@ -47,6 +47,8 @@ TIDY_COLUMNS = {
 #: Mean ± 1.96 standard errors over replicates: an approximate 95% confidence band for the mean.
 ERRORBAR = ("se", 1.96)
 FIGURE_SIZE_IN = (6.4, 4.4)
+#: Long chains are drawn at every k-th generation (and the last) so a figure stays light and fast.
+MAX_GENERATIONS_DRAWN = 250
 
 _PLOT_STYLE = {
     **sns.axes_style("whitegrid"),
@@ -420,8 +422,11 @@ def _metric_figure(
 ) -> FigureBlock:
     """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG."""
     info = describe_metric(metric)
-    finite = frame.filter(pl.col("value").is_finite())
     infinite = frame.filter(~pl.col("value").is_finite())
+    total = frame.height
+    generations = frame["generation"].n_unique() if total else 0
+    frame, step = _thin_generations(frame)
+    finite = frame.filter(pl.col("value").is_finite())
     drawn = [label for label in labels if label in set(frame["strategy_label"].to_list())]
     scale = _y_scale(info, finite["value"])
     with plt.rc_context(_PLOT_STYLE):
@@ -435,8 +440,20 @@ def _metric_figure(
         anchor=anchor,
         title=info.title,
         svg=svg,
-        caption=_caption(info, scale, finite.height + infinite.height, infinite),
+        caption=_caption(info, scale, total, infinite, step, generations),
     )
+
+
+def _thin_generations(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Keep every k-th generation and the last, so at most about MAX_GENERATIONS_DRAWN are drawn."""
+    if frame.is_empty():
+        return frame, 1
+    last = int(frame["generation"].max())
+    step = math.ceil((last + 1) / MAX_GENERATIONS_DRAWN)
+    if step <= 1:
+        return frame, 1
+    keep = (pl.col("generation") % step == 0) | (pl.col("generation") == last)
+    return frame.filter(keep), step
 
 
 def _draw_lines(
@@ -507,11 +524,22 @@ def _alt_text(finite: pl.DataFrame, info: MetricInfo, model: str, scale: str) ->
     )
 
 
-def _caption(info: MetricInfo, scale: str, total: int, infinite: pl.DataFrame) -> str:
+def _caption(
+    info: MetricInfo,
+    scale: str,
+    total: int,
+    infinite: pl.DataFrame,
+    step: int = 1,
+    total_generations: int = 0,
+) -> str:
     parts = [
         f"{info.description}.",
         "Lines: mean over replicates; bands: mean ± 1.96 standard errors.",
     ]
+    if step > 1:
+        parts.append(
+            f"Drawn every {step} generations and at the last one ({total_generations} generations)."
+        )
     if scale == "log":
         parts.append("Log y-axis: a band whose lower edge is 0 or below runs off the bottom.")
     if info.reference is not None:

@@ -139,3 +139,27 @@ def test_study_files_in_repo_are_valid():
     for path in sorted(Path("studies").glob("*.yaml")):
         study, _ = load_study(path)
         assert study.name == yaml.safe_load(path.read_text())["name"]
+
+
+def test_fresh_data_that_would_exhaust_finite_real_data_is_rejected(tiny_study):
+    from unittest import mock
+
+    import numpy as np
+
+    from collapselab.data import PooledData
+    from collapselab.models.gaussian import Gaussian
+
+    finite = PooledData(key="finite", points=np.zeros((100, 1)))
+    study = {
+        **tiny_study,
+        "test_size": 50,
+        "samples_per_generation": 20,
+        "generations": 6,
+        "strategies": [{"name": "fresh-data", "real_fraction": 0.5}],
+    }
+    with mock.patch.object(Gaussian, "real_data", return_value=finite):
+        # needs 20 + 6 * 10 = 80 real training points; 100 - 50 held out leaves 50
+        message = error_of(study)
+        assert "fresh-data(p=0.5) needs 80 real training points" in message
+        assert "only 50" in message
+        parse_study({**study, "strategies": [{"name": "fresh-data", "real_fraction": 0.2}]})

@@ -151,3 +151,27 @@ def test_an_exception_is_recorded_as_failed():
         outcome = run_chain(spec)
     assert outcome.status == FAILED
     assert "RuntimeError: disk on fire" in outcome.error and "generation 0" in outcome.error
+
+
+def test_batches_cover_every_run_once_in_grid_order():
+    from collapselab.chain import plan_batches
+
+    specs = parse_study(
+        {
+            "name": "b",
+            "seed": 0,
+            "generations": 1,
+            "replicates": 37,
+            "samples_per_generation": 5,
+            "models": [{"family": "gaussian"}],
+            "strategies": ["replace", "accumulate"],
+        }
+    ).run_specs()
+    for workers, size in ((1, None), (2, None), (16, None), (2, 5)):
+        batches = plan_batches(specs, workers=workers, batch_size=size)
+        assert [s for b in batches for s in b] == specs
+        assert len(batches) <= max(4 * workers, len(specs))
+        if size:
+            assert all(len(b) <= size for b in batches)
+    assert len(plan_batches(specs, workers=2)) == 8  # about four tasks per worker
+    assert plan_batches([], workers=2) == []

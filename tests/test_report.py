@@ -351,3 +351,22 @@ def test_every_figure_uses_the_page_wide_strategy_colours(quick: dict[str, Any])
 def test_unknown_metric_falls_back_to_its_name() -> None:
     assert describe_metric("mystery").title == "mystery"
     assert describe_metric("variance_ratio") is METRICS["variance_ratio"]
+
+
+def test_long_chains_are_drawn_at_every_kth_generation() -> None:
+    study = parse_study(
+        {
+            "name": "long",
+            "seed": 1,
+            "generations": 600,
+            "replicates": 2,
+            "samples_per_generation": 10,
+            "test_size": 10,
+            "models": [{"family": "gaussian"}],
+            "strategies": ["accumulate"],
+        }
+    )
+    runs, tidy = frames_of(study)
+    page = render(tidy, runs)
+    assert "Drawn every 3 generations and at the last one (601 generations)." in page
+    assert page.count("<svg") == 7
