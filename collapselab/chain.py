@@ -6,6 +6,7 @@ ends the chain as `collapsed` (a deterministic result); any other exception mark
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import time
@@ -20,7 +21,7 @@ import polars as pl
 
 from collapselab import __version__
 from collapselab.config import RunSpec
-from collapselab.models import Degenerate, build_model
+from collapselab.models import Degenerate, RunContext, build_model
 from collapselab.strategies import History, TrainingSet, build_strategy
 
 COMPLETED, COLLAPSED, FAILED = "completed", "collapsed", "failed"
@@ -54,6 +55,8 @@ class RunOutcome:
     generation: list[int] = field(default_factory=list)
     metric: list[str] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
+    #: (generation, kind, items) of samples kept for the report at a few generations
+    examples: list[tuple[int, str, list]] = field(default_factory=list)
 
     def record(self, generation: int, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -66,9 +69,16 @@ class RunOutcome:
             self.value.append(float(value))
 
 
-def _generation_metrics(model, train: TrainingSet, test: np.ndarray) -> dict[str, float]:
+def example_generations(generations: int, count: int = 6) -> set[int]:
+    """Generations whose samples are kept for the report: 0, G and evenly between."""
+    return {round(i * generations / (count - 1)) for i in range(count)}
+
+
+def _generation_metrics(
+    model, train: TrainingSet, test: np.ndarray, rng: np.random.Generator
+) -> dict[str, float]:
     return {
-        **model.metrics(test),
+        **model.metrics(test, rng=rng),
         "real_fraction": train.real_share,
         "train_size": float(len(train)),
     }
@@ -83,14 +93,21 @@ def run_chain(spec: RunSpec) -> RunOutcome:
         real = build_model(spec.model).real_data()
         stream = real.open(n_test=spec.test_size, seed=spec.real_seed(real.key))
         history = History(n=spec.n, real=stream)
+        context = RunContext(r0=history.r0.data, test=stream.test)
         strategy = build_strategy(spec.strategy)
-        rng = np.random.default_rng(spec.chain_seed())
+        # separate streams: Monte Carlo metrics and examples never change the chain's own draws
+        rng, metric_rng, example_rng = (
+            np.random.default_rng(s) for s in spec.chain_seed().spawn(3)
+        )
+        keep_examples = example_generations(spec.generations)
         train = history.r0
         for t in range(spec.generations + 1):
             if t > 0:
                 train = strategy.training_set(t, history, rng)
-            model = build_model(spec.model).fit(train.data)
-            outcome.record(t, _generation_metrics(model, train, stream.test))
+            model = build_model(spec.model, context).fit(train.data)
+            outcome.record(t, _generation_metrics(model, train, stream.test, metric_rng))
+            if t in keep_examples and (shown := model.examples(rng=example_rng)) is not None:
+                outcome.examples.append((t, *shown))
             if t < spec.generations:
                 history.add_samples(
                     model.sample(spec.n, rng=rng, temperature=spec.strategy.temperature)
@@ -148,6 +165,12 @@ METRIC_COLUMNS = {
     "metric": pl.String,
     "value": pl.Float64,
 }
+SAMPLE_COLUMNS = {
+    "run_id": pl.String,
+    "generation": pl.Int64,
+    "kind": pl.String,
+    "items": pl.String,
+}
 
 
 def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -202,3 +225,15 @@ def plan_batches(
         n_batches = max(4 * workers, math.ceil(len(specs) / max_batch))
         batch_size = math.ceil(len(specs) / min(n_batches, len(specs)))
     return [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
+
+
+def outcomes_to_samples(outcomes: list[RunOutcome]) -> pl.DataFrame:
+    """One row per (run, generation) whose samples were kept: kind and items (JSON list)."""
+    return pl.DataFrame(
+        [
+            {"run_id": o.spec.run_id, "generation": g, "kind": kind, "items": json.dumps(items)}
+            for o in outcomes
+            for g, kind, items in o.examples
+        ],
+        schema=SAMPLE_COLUMNS,
+    )

@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 
 DONE_STATUSES = ("completed", "collapsed")
+SAMPLE_SCHEMA = {"run_id": pl.String, "generation": pl.Int64, "kind": pl.String, "items": pl.String}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     metric      VARCHAR NOT NULL,
     value       DOUBLE NOT NULL CHECK (NOT isnan(value)),
     PRIMARY KEY (run_id, generation, metric)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id      VARCHAR NOT NULL,
+    generation  BIGINT NOT NULL,
+    kind        VARCHAR NOT NULL,   -- text | image
+    items       JSON NOT NULL,      -- a few samples of model `generation`, for the report
+    PRIMARY KEY (run_id, generation)
 );
 """
 
@@ -112,23 +120,29 @@ class Store:
                 [name, seed, json.dumps(config), study_text, n_runs, datetime.now(UTC)],
             )
 
-    def ingest(self, runs: pl.DataFrame, metrics: pl.DataFrame) -> None:
-        """Upsert runs and replace their metrics, all in one transaction."""
+    def ingest(
+        self, runs: pl.DataFrame, metrics: pl.DataFrame, samples: pl.DataFrame | None = None
+    ) -> None:
+        """Upsert runs and replace their metrics and samples, all in one transaction."""
         if runs.is_empty():
             return
+        samples = samples if samples is not None else pl.DataFrame(schema=SAMPLE_SCHEMA)
         with self._connect(read_only=False) as con:
             con.register("incoming_runs", runs.to_arrow())
             con.register("incoming_metrics", metrics.to_arrow())
+            con.register("incoming_samples", samples.to_arrow())
             con.begin()
             try:
-                con.execute(
-                    "DELETE FROM metrics WHERE run_id IN (SELECT run_id FROM incoming_runs)"
-                )
+                for table in ("metrics", "samples"):
+                    con.execute(
+                        f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM incoming_runs)"
+                    )
                 con.execute("INSERT OR REPLACE INTO runs BY NAME SELECT * FROM incoming_runs")
                 con.execute(
                     "INSERT OR REPLACE INTO metrics BY NAME "
                     "SELECT * FROM incoming_metrics WHERE NOT isnan(value)"
                 )
+                con.execute("INSERT OR REPLACE INTO samples BY NAME SELECT * FROM incoming_samples")
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -167,6 +181,19 @@ class Store:
             FROM metrics m JOIN runs r USING (run_id)
             WHERE r.study = ?
             ORDER BY r.model, r.strategy_label, r.replicate, m.generation, m.metric
+            """,
+            [study],
+        )
+
+    def samples(self, study: str) -> pl.DataFrame:
+        """Samples kept for the report, with run labels; `items` is a JSON list."""
+        return self._query(
+            """
+            SELECT s.run_id, r.family, r.model, r.strategy_label, r.replicate, s.generation,
+                   s.kind, s.items::VARCHAR AS items
+            FROM samples s JOIN runs r USING (run_id)
+            WHERE r.study = ?
+            ORDER BY r.model, r.strategy_label, r.replicate, s.generation
             """,
             [study],
         )

@@ -9,7 +9,8 @@ a tuple where an array is expected) are absorbed inside the family, never by its
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +20,15 @@ from collapselab.data import RealData
 
 class Degenerate(Exception):
     """A fit that collapsed (zero variance, singular covariance, ...): a result, not an error."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run's models may know beyond their training set: R0 (a regression relabels its
+    fixed design) and the held-out test set (for metrics only, never for fitting)."""
+
+    r0: np.ndarray
+    test: np.ndarray
 
 
 class FamilyParams(BaseModel):
@@ -48,8 +58,9 @@ class ModelFamily(ABC):
     #: What `temperature` means for this family's sampler (README and report quote it).
     temperature_meaning: ClassVar[str]
 
-    def __init__(self, params: FamilyParams) -> None:
+    def __init__(self, params: FamilyParams, *, context: RunContext | None = None) -> None:
         self.params = params
+        self.context = context
 
     @abstractmethod
     def real_data(self) -> RealData:
@@ -68,8 +79,15 @@ class ModelFamily(ABC):
         """Mean negative log-likelihood of `X` under the fitted model, in nats per point."""
 
     @abstractmethod
-    def metrics(self, test: np.ndarray) -> dict[str, float]:
-        """The family's metrics of the fitted model, against its truth and the held-out `test`."""
+    def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
+        """The family's metrics of the fitted model, against its truth and the held-out `test`.
+
+        `rng` is a stream of its own for Monte Carlo metrics: using it never changes the chain."""
+
+    def examples(self, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
+        """A few samples to show in the report, as (kind, items): ("text", [sentence, ...]) or
+        ("image", [2-D list of pixel values, ...]); None for families with nothing to show."""
+        return None
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {}
@@ -91,6 +109,6 @@ def get_family(name: str) -> type[ModelFamily]:
         raise ValueError(f"unknown model family {name!r}; allowed: {allowed}") from None
 
 
-def build_model(params: FamilyParams) -> ModelFamily:
+def build_model(params: FamilyParams, context: RunContext | None = None) -> ModelFamily:
     """An unfitted model of the family that `params` names."""
-    return get_family(params.family)(params)
+    return get_family(params.family)(params, context=context)

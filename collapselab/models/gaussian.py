@@ -116,7 +116,7 @@ class Gaussian(ModelFamily):
     def score(self, X: np.ndarray) -> float:
         return gaussian_mean_nll(X, self.mean_, self.chol_)
 
-    def metrics(self, test: np.ndarray) -> dict[str, float]:
+    def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
         mu0, sd0 = self.true_mean[0], math.sqrt(self.true_cov[0, 0])
         lower, upper = mu0 - 2.0 * sd0, mu0 + 2.0 * sd0
         true_tail = normal_two_sided_tail(mu0, sd0, lower, upper)
