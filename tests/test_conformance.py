@@ -40,6 +40,11 @@ def one_spec(family: str, strategy: str, temperature: float = 1.0, **study):
     return config.run_specs()[0]
 
 
+def row_key(row) -> str:
+    """A hashable key of one data point (a numeric row, a sentence of tokens, ...)."""
+    return row.tobytes().hex() if isinstance(row, np.ndarray) and row.dtype != object else repr(row)
+
+
 GRID = [(f, s, temp) for f in sorted(FAMILIES) for s in sorted(STRATEGIES) for temp in (1.0, 0.7)]
 
 
@@ -69,9 +74,10 @@ def test_short_chain_contract(family, strategy, temperature):
 
     real = build_model(spec.model).real_data()
     test = real.open(n_test=spec.test_size, seed=spec.real_seed(real.key)).test
-    test_rows = {row.tobytes() for row in test}
     assert len(fitted_on) == GENERATIONS + 1
-    assert not any(row.tobytes() in test_rows for X in fitted_on for row in X)
+    if family_cls.distinct_points:
+        test_rows = {row_key(row) for row in test}
+        assert not any(row_key(row) in test_rows for X in fitted_on for row in X)
     # determinism from the seed
     again = run_chain(spec)
     assert (again.generation, again.metric, again.value) == (

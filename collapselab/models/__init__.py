@@ -1,6 +1,12 @@
-"""Model families, one small file each, registered by name on import."""
+"""Model families, one small file each, registered by name when this package is imported.
 
-from collapselab.models import gaussian  # noqa: F401  (registers the family)
+Every module in this folder except `base` is a family: importing them all here is what makes a
+new file appear in study files, the CLI and the conformance suite without touching anything else.
+"""
+
+import importlib
+import pkgutil
+
 from collapselab.models.base import (
     FAMILIES,
     Degenerate,
@@ -11,6 +17,10 @@ from collapselab.models.base import (
     get_family,
     register,
 )
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base" and not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "FAMILIES",

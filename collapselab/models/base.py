@@ -57,6 +57,9 @@ class ModelFamily(ABC):
     metric_names: ClassVar[tuple[str, ...]]
     #: What `temperature` means for this family's sampler (README and report quote it).
     temperature_meaning: ClassVar[str]
+    #: Whether two real points are never equal (continuous data, a de-duplicated data set), so a
+    #: held-out point can be recognised by value. False for tokens drawn from a vocabulary.
+    distinct_points: ClassVar[bool] = True
 
     def __init__(self, params: FamilyParams, *, context: RunContext | None = None) -> None:
         self.params = params
