@@ -9,6 +9,7 @@ mailed as a single file and still read in ten years. Every name that comes from 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from typing import Literal
 
 import jinja2
 import matplotlib
+import numpy as np
 import polars as pl
 from markupsafe import Markup, escape
 from matplotlib.axes import Axes
@@ -150,6 +152,21 @@ class FinalRow:
 
 
 @dataclass(frozen=True)
+class TextSamples:
+    strategy_label: str
+    by_generation: list[tuple[int, list[str]]]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Samples of the first replicate of each strategy at the generations kept for the report."""
+
+    kind: str  # "image" or "text"
+    figure: FigureBlock | None = None
+    text: tuple[TextSamples, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSection:
     anchor: str
     family: str
@@ -160,6 +177,7 @@ class ModelSection:
     final_rows: list[FinalRow]
     failed_runs_left_out: int
     any_infinite_final: bool
+    gallery: Gallery | None = None
 
 
 def render_report(
@@ -169,8 +187,10 @@ def render_report(
     runs: pl.DataFrame,
     study_text: str | None,
     generated_at: str,
+    samples: pl.DataFrame | None = None,
 ) -> str:
-    """Return one self-contained HTML page."""
+    """Return one self-contained HTML page. `samples` (optional): the store's kept samples
+    (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list)."""
     if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
         runs = pl.DataFrame(schema=RUN_COLUMNS)
     if tidy.is_empty():
@@ -189,6 +209,7 @@ def render_report(
             model=model,
             labels=labels,
             palette=palette,
+            samples=None if samples is None else samples.filter(pl.col("model") == model),
         )
         for index, (family, model) in enumerate(model_keys, start=1)
     ]
@@ -301,6 +322,7 @@ def _model_section(
     model: str,
     labels: list[str],
     palette: dict[str, str],
+    samples: pl.DataFrame | None = None,
 ) -> ModelSection:
     metrics = _metric_order(frame["metric"].unique().to_list())
     present = set(frame["strategy_label"].unique().to_list())
@@ -327,6 +349,103 @@ def _model_section(
         final_rows=final_rows,
         failed_runs_left_out=failed_left_out,
         any_infinite_final=any("∞" in cell for row in final_rows for cell in row.cells),
+        gallery=_gallery(samples, anchor=f"{anchor}-samples", model=model, labels=section_labels),
+    )
+
+
+# --- sample galleries -------------------------------------------------------------------------
+
+IMAGES_PER_CELL = 16  # a 4 x 4 mosaic per (strategy, generation)
+
+
+def _gallery(
+    samples: pl.DataFrame | None, *, anchor: str, model: str, labels: list[str]
+) -> Gallery | None:
+    """Samples of the first stored replicate per strategy: a mosaic grid for images (rows are
+    strategies, columns generations), a few sentences per generation for text."""
+    if samples is None or samples.is_empty():
+        return None
+    first = samples.filter(pl.col("replicate") == pl.col("replicate").min().over("strategy_label"))
+    kind = first["kind"][0]
+    by_label = {
+        label: [
+            (g, json.loads(items))
+            for g, items in rows.sort("generation").select("generation", "items").iter_rows()
+        ]
+        for (label,), rows in first.group_by("strategy_label")
+    }
+    ordered = [label for label in labels if label in by_label]
+    if kind == "text":
+        return Gallery(
+            kind="text",
+            text=tuple(
+                TextSamples(label, [(g, [str(x) for x in items]) for g, items in by_label[label]])
+                for label in ordered
+            ),
+        )
+    return Gallery(kind="image", figure=_image_grid(by_label, ordered, anchor=anchor, model=model))
+
+
+def _mosaic(images: list) -> np.ndarray:
+    """Up to 16 equally sized images tiled 4 x 4, with a one-pixel gap (NaN, drawn blank)."""
+    tiles = [np.asarray(image, dtype=float) for image in images[:IMAGES_PER_CELL]]
+    h, w = tiles[0].shape
+    side = 4
+    mosaic = np.full((side * (h + 1) - 1, side * (w + 1) - 1), np.nan)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, side)
+        mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = tile
+    return mosaic
+
+
+def _image_grid(
+    by_label: dict[str, list[tuple[int, list]]], labels: list[str], *, anchor: str, model: str
+) -> FigureBlock:
+    generations = sorted({g for label in labels for g, _ in by_label[label]})
+    rows, cols = len(labels), len(generations)
+    with plt.rc_context(_PLOT_STYLE):
+        figure, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(1.3 * cols + 1.6, 1.3 * rows + 0.6),
+            squeeze=False,
+            layout="constrained",
+        )
+        try:
+            for r, label in enumerate(labels):
+                cells = dict(by_label[label])
+                for c, generation in enumerate(generations):
+                    ax = axes[r][c]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if cells.get(generation):
+                        ax.imshow(
+                            _mosaic(cells[generation]),
+                            cmap="gray_r",
+                            vmin=0,
+                            vmax=16,
+                            interpolation="nearest",
+                        )
+                    if r == 0:
+                        ax.set_title(f"generation {generation}", fontsize=8)
+                    if c == 0:
+                        ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+                        ax.yaxis.label.set_parse_math(False)
+            alt = (
+                f"Sampled images of {model}: one row per strategy ({', '.join(labels)}), one "
+                f"column per generation ({', '.join(map(str, generations))})."
+            )
+            svg = _inline_svg(figure, anchor=anchor, alt=alt)
+        finally:
+            plt.close(figure)
+    return FigureBlock(
+        anchor=anchor,
+        title="Samples",
+        svg=svg,
+        caption=(
+            "Sixteen samples of each model, first replicate of each strategy: rows are "
+            "strategies, columns generations. Samples that come to look alike show collapse."
+        ),
     )
 
 

@@ -23,6 +23,7 @@ def render_study_report(db: str, study: str, out_dir: str) -> str:
         tidy=store.tidy(study),
         runs=store.runs(study),
         study_text=store.study_text(study),
+        samples=store.samples(study),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     target = Path(out_dir) / "index.html"

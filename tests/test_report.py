@@ -370,3 +370,42 @@ def test_long_chains_are_drawn_at_every_kth_generation() -> None:
     page = render(tidy, runs)
     assert "Drawn every 3 generations and at the last one (601 generations)." in page
     assert page.count("<svg") == 7
+
+
+def _samples(runs: pl.DataFrame, kind: str, items: list) -> pl.DataFrame:
+    import json
+
+    first = runs.sort("replicate").group_by("strategy_label", maintain_order=True).first()
+    return pl.DataFrame(
+        [
+            {
+                "run_id": row["run_id"],
+                "family": row["family"],
+                "model": row["model"],
+                "strategy_label": row["strategy_label"],
+                "replicate": row["replicate"],
+                "generation": generation,
+                "kind": kind,
+                "items": json.dumps(items),
+            }
+            for row in first.iter_rows(named=True)
+            for generation in (0, 15, 30)
+        ]
+    )
+
+
+def test_image_samples_render_as_one_gallery_per_model(quick: dict[str, Any]) -> None:
+    digit = [[(r * 8 + c) % 17 for c in range(8)] for r in range(8)]
+    samples = _samples(quick["runs"], "image", [digit] * 16)
+    page = render(quick["tidy"], quick["runs"], samples=samples)
+    assert page.count('class="gallery"') == 1
+    assert "Samples</h3>" in page and "generation 15" in page
+    assert page.count("<svg") == 8  # seven metric figures and the gallery
+
+
+def test_text_samples_are_listed_and_escaped(quick: dict[str, Any]) -> None:
+    samples = _samples(quick["runs"], "text", ["the cat sat .", XSS])
+    page = render(quick["tidy"], quick["runs"], samples=samples)
+    assert "<q>the cat sat .</q>" in page
+    assert escaped(XSS) in page and XSS not in page
+    assert page.count('class="samples"') == 1
