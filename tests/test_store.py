@@ -108,3 +108,28 @@ def test_reading_a_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(StoreMissing, match="run a study first"):
         Store(tmp_path / "none.duckdb").studies()
     assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, frames):
+    import json
+
+    from collapselab.chain import SAMPLE_COLUMNS
+
+    study, runs, metrics = frames
+    store = Store(tmp_path / "r.duckdb")
+    run_id = runs["run_id"][0]
+    samples = pl.DataFrame(
+        {
+            "run_id": [run_id, run_id],
+            "generation": [0, 6],
+            "kind": ["text", "text"],
+            "items": [json.dumps(["a b ."]), json.dumps(["c <d> ."])],
+        },
+        schema=SAMPLE_COLUMNS,
+    )
+    store.ingest(runs, metrics, samples)
+    stored = store.samples(study.name)
+    assert stored["generation"].to_list() == [0, 6]
+    assert json.loads(stored["items"][1]) == ["c <d> ."]
+    store.ingest(runs, metrics, samples.head(1))
+    assert store.samples(study.name).height == 1
