@@ -8,9 +8,11 @@ the same run twice leaves one copy, and a crash mid-ingest leaves the previous s
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +111,34 @@ class Store:
         finally:
             con.close()
 
+    @contextmanager
+    def writer_lock(self, *, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Held by the one process running a study on this database for the whole study, so a
+        second `collapselab run` waits its turn (after saying so) instead of racing the first.
+        An advisory lock on `<db>.lock`: the kernel releases it if the holder dies."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                if on_wait is not None:
+                    on_wait(
+                        f"another collapselab process (PID {holder}) is running a study on "
+                        f"{self.path}; waiting for it to finish"
+                    )
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     # --- writes ---------------------------------------------------------------------------
 
     def save_study(
@@ -163,7 +193,33 @@ class Store:
         return set(frame["run_id"].to_list())
 
     def studies(self) -> pl.DataFrame:
-        return self._query("SELECT name, seed, n_runs, updated_at FROM studies ORDER BY name")
+        return self._query(
+            "SELECT name, seed, n_runs, config::VARCHAR AS config, updated_at "
+            "FROM studies ORDER BY name"
+        )
+
+    def run_statuses(self, study: str) -> pl.DataFrame:
+        """run_id, status, strategy_label, model, replicate and error of every stored run."""
+        return self._query(
+            "SELECT run_id, model, strategy_label, replicate, status, error FROM runs "
+            "WHERE study = ? ORDER BY model, strategy_label, replicate",
+            [study],
+        )
+
+    def export(self, out_dir: str | Path, *, file_format: str = "parquet") -> list[Path]:
+        """Every table to `<out_dir>/<table>.<format>` (parquet or csv), for polars, pandas or R."""
+        if file_format not in ("parquet", "csv"):
+            raise ValueError(f"format must be parquet or csv, got {file_format!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        with self._connect(read_only=True) as con:
+            for table in ("studies", "runs", "metrics", "samples"):
+                target = out / f"{table}.{file_format}"
+                escaped = str(target).replace("'", "''")
+                con.execute(f"COPY {table} TO '{escaped}' (FORMAT {file_format})")
+                written.append(target)
+        return written
 
     def study_text(self, study: str) -> str | None:
         frame = self._query("SELECT study_text FROM studies WHERE name = ?", [study])
@@ -194,6 +250,22 @@ class Store:
             FROM samples s JOIN runs r USING (run_id)
             WHERE r.study = ?
             ORDER BY r.model, r.strategy_label, r.replicate, s.generation
+            """,
+            [study],
+        )
+
+    def final_metrics(self, study: str) -> pl.DataFrame:
+        """Mean of each metric at the last generation each run reached, by model and strategy
+        (failed runs left out): the one-table outcome of a study."""
+        return self._query(
+            """
+            WITH last AS (
+                SELECT run_id, max(generation) AS generation FROM metrics GROUP BY run_id
+            )
+            SELECT r.model, r.strategy_label, m.metric, avg(m.value) AS mean, count(*) AS runs
+            FROM metrics m JOIN last USING (run_id, generation) JOIN runs r USING (run_id)
+            WHERE r.study = ? AND r.status <> 'failed'
+            GROUP BY ALL ORDER BY r.model, r.strategy_label, m.metric
             """,
             [study],
         )

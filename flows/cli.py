@@ -7,17 +7,19 @@ process talk to the same server.
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.console import Console
 
 import flows  # noqa: F401  (sets the state directory and BLAS threads before numpy loads)
 from collapselab.config import StudyError, load_study
-from flows.environment import prefect_api
+from flows.environment import prefect_api, running_server, start_server, stop_server
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Comparative studies of model collapse."
@@ -122,6 +124,121 @@ def report(
         paths = report_flow(db=str(db), study=study, out=str(out))
     for path in paths:
         console.print(f"report: {Path(path).resolve()}", highlight=False)
+
+
+@app.command()
+def retry(
+    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    db: DbOption = Path("collapselab.duckdb"),
+    runner: Annotated[RunnerName, typer.Option(help="Where tasks run.")] = RunnerName.processes,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel workers (default: all cores).")
+    ] = None,
+) -> None:
+    """Re-run only the failed and missing runs of STUDY (what `run` does: stored results stay)."""
+    run(study=study, db=db, runner=runner, workers=workers)
+
+
+@app.command()
+def status(
+    study: Annotated[str | None, typer.Argument(help="Study name (default: every study).")] = None,
+    db: DbOption = Path("collapselab.duckdb"),
+) -> None:
+    """Runs done / failed / pending per study, and the failed runs with their errors."""
+    from collapselab.config import parse_study
+    from collapselab.store import Store, StoreMissing
+
+    store = Store(db)
+    try:
+        studies = store.studies()
+    except StoreMissing as exc:
+        _fail(str(exc))
+    if study is not None and study not in studies["name"].to_list():
+        _fail(f"no study {study!r} in {db}; stored: {', '.join(studies['name']) or 'none'}")
+    for record in studies.iter_rows(named=True):
+        if study is not None and record["name"] != study:
+            continue
+        grid = {spec.run_id for spec in parse_study(json.loads(record["config"])).run_specs()}
+        stored = store.run_statuses(record["name"]).filter(pl.col("run_id").is_in(list(grid)))
+        counts = dict(stored.group_by("status").len().iter_rows())
+        done = counts.get("completed", 0) + counts.get("collapsed", 0)
+        failed = counts.get("failed", 0)
+        console.print(
+            f"[bold]{record['name']}[/]: {len(grid)} runs: {done} done "
+            f"({counts.get('completed', 0)} completed, {counts.get('collapsed', 0)} collapsed), "
+            f"{failed} failed, {len(grid) - done - failed} pending",
+            highlight=False,
+        )
+        for row in stored.filter(pl.col("status") == "failed").iter_rows(named=True):
+            console.print(
+                f"  failed {row['run_id']} {row['model']} {row['strategy_label']} "
+                f"replicate {row['replicate']}: {row['error']}",
+                highlight=False,
+                markup=False,
+            )
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+
+
+@app.command()
+def export(
+    db: DbOption = Path("collapselab.duckdb"),
+    file_format: Annotated[
+        ExportFormat, typer.Option("--format", help="File format.")
+    ] = ExportFormat.parquet,
+    out: Annotated[Path, typer.Option(help="Folder for one file per table.")] = Path("export"),
+) -> None:
+    """Write every table (studies, runs, metrics, samples) for analysis elsewhere."""
+    from collapselab.store import Store, StoreMissing
+
+    try:
+        paths = Store(db).export(out, file_format=file_format.value)
+    except StoreMissing as exc:
+        _fail(str(exc))
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+
+
+server_app = typer.Typer(help="A long-lived local Prefect server that runs and the UI share.")
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200,
+) -> None:
+    """Start the server in the background (its database stays in the state directory)."""
+    try:
+        record = start_server(port=port)
+    except RuntimeError as exc:
+        _fail(str(exc), code=1)
+    console.print(
+        f"Prefect server running (PID {record['pid']}): UI {record['ui']}", highlight=False
+    )
+    console.print(f"export PREFECT_API_URL={record['url']}", highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server started by `collapselab server start`."""
+    record = stop_server()
+    console.print(
+        f"stopped the Prefect server (PID {record['pid']})" if record else "no server was running",
+        highlight=False,
+    )
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether the long-lived server is up, and where."""
+    record = running_server()
+    if record is None:
+        console.print("no collapselab Prefect server is running")
+        raise typer.Exit(1)
+    console.print(f"running (PID {record['pid']}): UI {record['ui']}", highlight=False)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ points PREFECT_API_URL at one, and stops it (by PID) afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -60,58 +62,130 @@ def prefect_executable() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
-@contextmanager
-def prefect_server(*, port: int | None = None, timeout_s: float = 90.0) -> Iterator[str]:
-    """Start a Prefect server on 127.0.0.1, yield its API URL, stop it by PID on exit."""
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}/api"
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the temporary server may outlive a killed parent
+
+
+def _spawn_server(port: int, *, tie_to_parent: bool) -> subprocess.Popen:
     log_dir = state_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "prefect-server.log", "ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopped together, not by Ctrl-C twice
+            start_new_session=True,  # its own process group: stopped as one, immune to Ctrl-C
+            preexec_fn=_die_with_parent if tie_to_parent else None,
         )
+
+
+def _wait_until_healthy(process: subprocess.Popen, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url):
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the Prefect server exited with code {process.returncode}; "
+                f"see {state_dir() / 'logs' / 'prefect-server.log'}"
+            )
+        if time.monotonic() > deadline:
+            _stop_group(process.pid)
+            raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
+        time.sleep(0.25)
+
+
+@contextmanager
+def prefect_server(*, port: int | None = None, timeout_s: float = 90.0) -> Iterator[str]:
+    """Start a temporary Prefect server on 127.0.0.1, yield its API URL, stop it by PID on exit
+    (and if this process is killed outright, the server gets SIGTERM from the kernel)."""
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    process = _spawn_server(port, tie_to_parent=True)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(url):
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the Prefect server exited with code {process.returncode}; "
-                    f"see {log_dir / 'prefect-server.log'}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
-            time.sleep(0.25)
+        _wait_until_healthy(process, url, timeout_s)
         yield url
     finally:
-        _stop(process)
+        if process.poll() is None:
+            _stop_group(process.pid)
+            process.wait()
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
+def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL it if it lingers."""
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# --- the long-lived server (`collapselab server start|stop|status`) ----------------------------
+
+DEFAULT_SERVER_PORT = 4200
+
+
+def _server_record() -> Path:
+    return state_dir() / "server.json"
+
+
+def running_server() -> dict | None:
+    """The long-lived server started by `collapselab server start`, if it is up and healthy."""
+    try:
+        record = json.loads(_server_record().read_text())
+        os.kill(record["pid"], 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return record if _healthy(record["url"]) else None
+
+
+def start_server(*, port: int = DEFAULT_SERVER_PORT, timeout_s: float = 90.0) -> dict:
+    """Start a server that outlives this command; its PID and URL go to the state directory."""
+    if (record := running_server()) is not None:
+        return record
+    url = f"http://127.0.0.1:{port}/api"
+    if _healthy(url):
+        raise RuntimeError(f"port {port} already serves a Prefect API not started by collapselab")
+    process = _spawn_server(port, tie_to_parent=False)
+    _wait_until_healthy(process, url, timeout_s)
+    record = {"pid": process.pid, "url": url, "ui": url.removesuffix("/api")}
+    _server_record().write_text(json.dumps(record))
+    return record
+
+
+def stop_server() -> dict | None:
+    """Stop the long-lived server by its recorded PID; None if none was running."""
+    record = running_server()
+    if record is not None:
+        _stop_group(record["pid"])
+    _server_record().unlink(missing_ok=True)
+    return record
 
 
 @contextmanager
 def prefect_api() -> Iterator[str]:
-    """Use the server in PREFECT_API_URL if set; else run our own for the duration."""
+    """The Prefect API this command talks to: PREFECT_API_URL if set, else the long-lived server
+    if one is running, else a temporary server for the duration of the command."""
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
         yield existing
         return
-    with prefect_server() as url:
+    record = running_server()
+    with contextlib.ExitStack() as stack:
+        url = record["url"] if record else stack.enter_context(prefect_server())
         os.environ["PREFECT_API_URL"] = url  # inherited by worker processes
         try:
             yield url

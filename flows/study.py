@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Literal
 
+import polars as pl
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -71,37 +74,37 @@ def study_flow(
     config, study_text = load_study(study)
     store = Store(db)
     specs = config.run_specs()
-    store.save_study(
-        name=config.name,
-        seed=config.seed,
-        config=config.model_dump(mode="json"),
-        study_text=study_text,
-        n_runs=len(specs),
-    )
-    done = store.done_run_ids(config.name)
-    pending = [spec for spec in specs if spec.run_id not in done]
     workers = workers or os.cpu_count() or 1
-    batches = plan_batches(pending, workers=workers, batch_size=batch_size)
-    logger.info(
-        "study %s: %d runs, %d already stored, %d to run in %d tasks on %s x%d",
-        config.name,
-        len(specs),
-        len(done),
-        len(pending),
-        len(batches),
-        runner,
-        workers,
-    )
-
-    deadline = None if time_budget_s is None else started + time_budget_s
-    statuses = _run_and_ingest(
-        batches,
-        db=db,
-        task_runner=make_task_runner(runner, workers, dask_address),
-        window=2 * workers,
-        deadline=deadline,
-        show_progress=show_progress,
-    )
+    with store.writer_lock(on_wait=logger.warning):
+        store.save_study(
+            name=config.name,
+            seed=config.seed,
+            config=config.model_dump(mode="json"),
+            study_text=study_text,
+            n_runs=len(specs),
+        )
+        done = store.done_run_ids(config.name)
+        pending = [spec for spec in specs if spec.run_id not in done]
+        batches = plan_batches(pending, workers=workers, batch_size=batch_size)
+        logger.info(
+            "study %s: %d runs, %d already stored, %d to run in %d tasks on %s x%d",
+            config.name,
+            len(specs),
+            len(done),
+            len(pending),
+            len(batches),
+            runner,
+            workers,
+        )
+        deadline = None if time_budget_s is None else started + time_budget_s
+        statuses = _run_and_ingest(
+            batches,
+            db=db,
+            task_runner=make_task_runner(runner, workers, dask_address),
+            window=2 * workers,
+            deadline=deadline,
+            show_progress=show_progress,
+        )
     summary: dict[str, Any] = {
         "study": config.name,
         "db": str(Path(db).resolve()),
@@ -113,6 +116,7 @@ def study_flow(
     }
     if report:
         summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
+    _publish_artifacts(store, config.name, summary)
     logger.info("study %s: %s", config.name, summary)
     if statuses["crashed_batches"]:
         raise RuntimeError(
@@ -120,6 +124,29 @@ def study_flow(
             "their runs stay pending: run the study again to retry them"
         )
     return summary
+
+
+def _publish_artifacts(store: Store, study: str, summary: dict[str, Any]) -> None:
+    """What the Prefect UI shows of the outcome: final-generation metrics and the report link."""
+    key = re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-") or "study"
+    final = store.final_metrics(study)
+    if not final.is_empty():
+        table = (
+            final.with_columns(pl.col("mean").round(6))
+            .pivot(on="metric", index=["model", "strategy_label"], values="mean")
+            .to_dicts()
+        )
+        create_table_artifact(
+            key=f"{key}-final-metrics",
+            table=table,
+            description=f"Study {study}: mean of each metric at the last generation of each run",
+        )
+    counts = ", ".join(f"{summary[s]} {s}" for s in ("completed", "collapsed", "failed"))
+    lines = [f"# Study {study}", "", f"This run: {counts}; {summary['pending']} pending."]
+    if "report" in summary:
+        report = Path(summary["report"]).resolve()
+        lines += ["", f"Report: [{report}]({report.as_uri()})"]
+    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines))
 
 
 def _run_and_ingest(
