@@ -96,9 +96,8 @@ def run_chain(spec: RunSpec) -> RunOutcome:
         context = RunContext(r0=history.r0.data, test=stream.test)
         strategy = build_strategy(spec.strategy)
         # separate streams: Monte Carlo metrics and examples never change the chain's own draws
-        rng, metric_rng, example_rng = (
-            np.random.default_rng(s) for s in spec.chain_seed().spawn(3)
-        )
+        rng, example_rng = (np.random.default_rng(s) for s in spec.chain_seed().spawn(2))
+        metric_rng = np.random.default_rng(spec.metric_seed())
         keep_examples = example_generations(spec.generations)
         train = history.r0
         for t in range(spec.generations + 1):

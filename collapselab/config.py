@@ -146,6 +146,12 @@ class RunSpec(BaseModel):
         (common random numbers), keyed by the real data itself and the replicate."""
         return _seed_sequence(self.seed, ["real-data", data_key, self.replicate])
 
+    def metric_seed(self) -> np.random.SeedSequence:
+        """Monte Carlo metrics: keyed like the real data plus the model, NOT the strategy, so the
+        same fitted model scores the same under every strategy (common random numbers)."""
+        payload = self.model_dump(mode="json", include={"model", "n", "test_size", "replicate"})
+        return _seed_sequence(self.seed, ["metrics", payload])
+
     def chain_seed(self) -> np.random.SeedSequence:
         """The chain's own draws. `generations` and the study name are left out, so a longer
         study reproduces a shorter one's generations exactly."""
