@@ -1,0 +1,148 @@
+"""`categorical`: a unigram word distribution refitted by counts, with real English as its truth.
+
+The truth is wordfreq's frequencies of the `vocab_size` most frequent English words, renormalised
+over that vocabulary (Zipf-like, with a long tail of rare words). A point is one token, an integer
+word id in frequency order (id 0 is the most frequent word). Refitting by counts is Wright-Fisher
+resampling (../shared/literature.md, item 6): each word's expected frequency is preserved, the
+expected Gini-Simpson diversity shrinks by (1 - 1/n) a fit, and without smoothing a word whose count
+reaches zero is gone for ever, so the tail fades first.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Literal, Self
+
+import numpy as np
+import wordfreq
+from pydantic import Field
+
+from collapselab.data import RealData, SampledData
+from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+LANGUAGE = "en"
+EXAMPLE_WORDS = 20
+
+
+@lru_cache(maxsize=8)
+def english_vocabulary(vocab_size: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """The `vocab_size` most frequent English words and their frequencies renormalised over them,
+    most frequent first (wordfreq's data ships with the package: nothing is downloaded)."""
+    words = tuple(wordfreq.top_n_list(LANGUAGE, vocab_size))
+    if len(words) < vocab_size:
+        raise ValueError(f"wordfreq lists only {len(words)} English words, not {vocab_size}")
+    frequencies = np.array([wordfreq.word_frequency(w, LANGUAGE) for w in words], dtype=float)
+    # a stable sort keeps wordfreq's order among equal frequencies: rank = position in the list
+    order = np.argsort(-frequencies, kind="stable")
+    probabilities = frequencies[order] / frequencies.sum()
+    probabilities.setflags(write=False)
+    return tuple(words[i] for i in order), probabilities
+
+
+def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """p^(1/T) renormalised, computed in log space so that a small T cannot underflow to zero;
+    words of probability zero stay at zero."""
+    alive = probabilities > 0
+    log_weights = np.log(probabilities[alive]) / temperature
+    weights = np.exp(log_weights - log_weights.max())
+    result = np.zeros_like(probabilities)
+    result[alive] = weights / weights.sum()
+    return result
+
+
+class CategoricalParams(FamilyParams):
+    family: Literal["categorical"] = "categorical"
+    #: Number of English words in the vocabulary (the most frequent ones), at least 2.
+    vocab_size: int = Field(1000, ge=2, le=100_000)
+    #: Additive (Lidstone) smoothing added to every word's count; 0: a lost word never returns.
+    smoothing: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+
+
+@register
+class Categorical(ModelFamily):
+    name = "categorical"
+    Params = CategoricalParams
+    metric_names = (
+        "vocab_survival",
+        "gini_simpson",
+        "entropy",
+        "lost_mass",
+        "kl_truth_model",
+        "rarest_rank",
+        "test_nll",
+    )
+    temperature_meaning = "word probabilities raised to 1/T, renormalised (exact)"
+    distinct_points = False
+
+    params: CategoricalParams
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return english_vocabulary(self.params.vocab_size)[0]
+
+    @property
+    def truth(self) -> np.ndarray:
+        return english_vocabulary(self.params.vocab_size)[1]
+
+    def real_data(self) -> RealData:
+        truth = self.truth
+        key = f"categorical(wordfreq {LANGUAGE} top {self.params.vocab_size})"
+
+        def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+            return rng.choice(truth.size, size=n, p=truth)
+
+        return SampledData(key=key, draw=draw)
+
+    def _token_ids(self, X: np.ndarray) -> np.ndarray:
+        ids = np.asarray(X).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.params.vocab_size):
+            raise ValueError(f"word ids must lie in [0, {self.params.vocab_size})")
+        return ids.astype(np.intp, copy=False)
+
+    def fit(self, X: np.ndarray) -> Self:
+        ids = self._token_ids(X)
+        if ids.size == 0:
+            raise Degenerate("no tokens to count")
+        vocab_size, smoothing = self.params.vocab_size, self.params.smoothing
+        counts = np.bincount(ids, minlength=vocab_size).astype(float)
+        self.probabilities_ = (counts + smoothing) / (ids.size + smoothing * vocab_size)
+        if np.count_nonzero(self.probabilities_) < 2:
+            word = self.words[int(np.argmax(self.probabilities_))]
+            raise Degenerate(f"the vocabulary has collapsed to one word ({word!r})")
+        return self
+
+    def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        probabilities = (
+            self.probabilities_
+            if temperature == 1.0
+            else tempered(self.probabilities_, temperature)
+        )
+        return rng.choice(probabilities.size, size=n, p=probabilities)
+
+    def score(self, X: np.ndarray) -> float:
+        """Mean negative log-likelihood per token; +inf if a token has model probability zero."""
+        token_probabilities = self.probabilities_[self._token_ids(X)]
+        if np.any(token_probabilities == 0):
+            return math.inf
+        return float(-np.mean(np.log(token_probabilities)))
+
+    def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
+        p, truth = self.probabilities_, self.truth
+        alive = p > 0
+        # every true word has mass, so KL(truth || model) is infinite once one is lost
+        kl = float(np.sum(truth * (np.log(truth) - np.log(p)))) if alive.all() else math.inf
+        return {
+            "vocab_survival": float(np.mean(alive)),
+            "gini_simpson": float(1.0 - p @ p),
+            "entropy": float(-np.sum(p[alive] * np.log(p[alive]))),
+            "lost_mass": float(truth[~alive].sum()),
+            "kl_truth_model": kl,
+            "rarest_rank": float(np.flatnonzero(alive)[-1] + 1),
+            "test_nll": self.score(test),
+        }
+
+    def examples(self, *, rng: np.random.Generator) -> tuple[str, list[str]]:
+        """A short bag of words drawn from the model (unigrams: no word order to show)."""
+        words = self.words
+        return "text", [" ".join(words[i] for i in self.sample(EXAMPLE_WORDS, rng=rng))]

@@ -1,0 +1,244 @@
+"""The categorical (unigram) chain against the Wright-Fisher laws (literature item 6), over many
+seeded replicates, and exact properties of one fit.
+
+Each statistical check computes z = (simulated mean - closed form) / (Monte Carlo standard error)
+and requires |z| < Z_MAX; the same check must reject a wrong formula (or a process the law does not
+cover), so it has the power to fail.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import wordfreq
+from pydantic import ValidationError
+
+from collapselab.chain import COLLAPSED, outcomes_to_frames, run_many
+from collapselab.config import parse_study
+from collapselab.models import Degenerate
+from collapselab.models.categorical import (
+    Categorical,
+    CategoricalParams,
+    english_vocabulary,
+    tempered,
+)
+from collapselab.theory import categorical_gini_simpson
+
+Z_MAX = 4.5  # two-sided, per generation or per word; ~50 comparisons: false alarm ~1e-4
+VOCAB, TOKENS, GENERATIONS, REPLICATES = 50, 30, 15, 1200
+RNG = np.random.default_rng(0)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def gini_simpson(p: np.ndarray) -> float:
+    return float(1.0 - p @ p)
+
+
+# --- Gini-Simpson decay through the real chain ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replace_chain() -> pl.DataFrame:
+    """Gini-Simpson per (replicate, generation). A chain that collapses to one word has reached
+    Wright-Fisher's absorbing state, whose Gini-Simpson is 0 for ever: its missing generations are
+    filled with 0 so the average stays over every replicate."""
+    study = parse_study(
+        {
+            "name": "theory-categorical",
+            "seed": 2024,
+            "generations": GENERATIONS,
+            "replicates": REPLICATES,
+            "samples_per_generation": TOKENS,
+            "test_size": 10,
+            "models": [{"family": "categorical", "vocab_size": VOCAB}],
+            "strategies": ["replace"],
+        }
+    )
+    outcomes = run_many(study.run_specs())
+    runs, metrics = outcomes_to_frames(outcomes)
+    assert runs["status"].is_in(["completed", COLLAPSED]).all()
+    grid = pl.DataFrame({"run_id": runs["run_id"]}).join(
+        pl.DataFrame({"generation": list(range(GENERATIONS + 1))}), how="cross"
+    )
+    observed = metrics.filter(pl.col("metric") == "gini_simpson").select(
+        "run_id", "generation", "value"
+    )
+    return grid.join(observed, on=["run_id", "generation"], how="left").with_columns(
+        pl.col("value").fill_null(0.0)
+    )
+
+
+def z_scores(frame: pl.DataFrame, expected) -> np.ndarray:
+    summary = (
+        frame.group_by("generation")
+        .agg(pl.col("value").mean().alias("mean"), pl.col("value").std().alias("sd"), pl.len())
+        .sort("generation")
+    )
+    t = summary["generation"].to_numpy()
+    se = summary["sd"].to_numpy() / np.sqrt(summary["len"].to_numpy())
+    return (summary["mean"].to_numpy() - expected(t)) / se
+
+
+def test_gini_simpson_decays_by_one_minus_one_over_n_per_fit(replace_chain):
+    truth = gini_simpson(english_vocabulary(VOCAB)[1])
+    z = z_scores(replace_chain, lambda t: categorical_gini_simpson(t, TOKENS, truth))
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+@pytest.mark.parametrize("shift", [-1, 1])  # model t fitted t times, or t + 2 times
+def test_gini_simpson_check_rejects_wrong_exponents(replace_chain, shift):
+    truth = gini_simpson(english_vocabulary(VOCAB)[1])
+    z = z_scores(replace_chain, lambda t: categorical_gini_simpson(t + shift, TOKENS, truth))
+    assert np.max(np.abs(z)) > Z_MAX
+
+
+# --- each word's frequency is a martingale ------------------------------------------------------
+
+
+def final_frequencies(*, temperature: float, replicates: int = 3000, seed: int = 7) -> np.ndarray:
+    """Model t = GENERATIONS's word probabilities in each replicate, through the family's own
+    fit and sample; a chain absorbed in one word keeps that word's point mass."""
+    params = CategoricalParams(vocab_size=VOCAB)
+    rng = np.random.default_rng(seed)
+    truth = english_vocabulary(VOCAB)[1]
+    finals = np.empty((replicates, VOCAB))
+    for replicate in range(replicates):
+        tokens = rng.choice(VOCAB, size=TOKENS, p=truth)
+        for _ in range(GENERATIONS + 1):
+            try:
+                model = Categorical(params).fit(tokens)
+            except Degenerate:
+                break  # all tokens are one word, and stay so: its point mass is the model
+            tokens = model.sample(TOKENS, rng=rng, temperature=temperature)
+        finals[replicate] = np.bincount(tokens, minlength=VOCAB) / TOKENS
+    return finals
+
+
+def word_z_scores(finals: np.ndarray) -> np.ndarray:
+    truth = english_vocabulary(VOCAB)[1]
+    assert np.all(finals.any(axis=0)), "a word lost in every replicate: too few replicates"
+    se = finals.std(axis=0, ddof=1) / np.sqrt(len(finals))
+    return (finals.mean(axis=0) - truth) / se
+
+
+def test_each_word_frequency_is_a_martingale():
+    z = word_z_scores(final_frequencies(temperature=1.0))
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+def test_martingale_check_rejects_tempered_sampling():
+    """At T < 1 the most frequent word gains in expectation: the same check must see it."""
+    top = final_frequencies(temperature=0.8, replicates=500)[:, 0]
+    truth = english_vocabulary(VOCAB)[1][0]
+    assert (top.mean() - truth) / (top.std(ddof=1) / np.sqrt(top.size)) > Z_MAX
+
+
+# --- exact properties of one fit ----------------------------------------------------------------
+
+
+def fitted(tokens: list[int], **params) -> Categorical:
+    return Categorical(CategoricalParams(**params)).fit(np.array(tokens))
+
+
+def test_truth_is_wordfreq_renormalised_in_frequency_order():
+    words, truth = english_vocabulary(20)
+    assert words == tuple(wordfreq.top_n_list("en", 20))
+    frequencies = np.array([wordfreq.word_frequency(w, "en") for w in words])
+    assert np.allclose(truth, frequencies / frequencies.sum())
+    assert truth.sum() == pytest.approx(1.0) and np.all(np.diff(truth) <= 0)
+    assert english_vocabulary(20) is english_vocabulary(20)  # loaded once per process
+
+
+def test_fit_by_counts_and_every_metric_by_hand():
+    _, truth = english_vocabulary(5)
+    model = fitted([0, 0, 1, 2], vocab_size=5)
+    p = np.array([0.5, 0.25, 0.25, 0.0, 0.0])
+    assert np.allclose(model.probabilities_, p)
+    values = model.metrics(np.array([0, 1]), rng=RNG)
+    assert values["vocab_survival"] == pytest.approx(0.6)
+    assert values["gini_simpson"] == pytest.approx(1 - (0.25 + 2 * 0.0625))
+    assert values["entropy"] == pytest.approx(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)))
+    assert values["lost_mass"] == pytest.approx(truth[3] + truth[4])
+    assert values["kl_truth_model"] == math.inf  # a word with true mass is lost: meant
+    assert values["rarest_rank"] == 3.0
+    assert values["test_nll"] == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    assert model.metrics(np.array([0, 4]), rng=RNG)["test_nll"] == math.inf
+
+
+def test_smoothing_keeps_every_word_and_the_kl_finite():
+    _, truth = english_vocabulary(4)
+    model = fitted([0, 0, 1], vocab_size=4, smoothing=0.5)
+    p = (np.array([2, 1, 0, 0]) + 0.5) / (3 + 0.5 * 4)
+    assert np.allclose(model.probabilities_, p)
+    values = model.metrics(np.array([3]), rng=RNG)
+    assert values["vocab_survival"] == 1.0 and values["lost_mass"] == 0.0
+    assert values["rarest_rank"] == 4.0
+    assert values["kl_truth_model"] == pytest.approx(float(np.sum(truth * np.log(truth / p))))
+    assert values["test_nll"] == pytest.approx(-math.log(p[3]))
+
+
+def test_one_word_is_degenerate_unless_smoothed():
+    with pytest.raises(Degenerate, match="one word"):
+        fitted([3, 3, 3], vocab_size=10)
+    assert fitted([3, 3, 3], vocab_size=10, smoothing=0.1).metrics(np.array([3]), rng=RNG)[
+        "vocab_survival"
+    ] == pytest.approx(1.0)
+
+
+def test_column_vectors_are_accepted_and_bad_ids_rejected():
+    assert np.allclose(
+        fitted([[0], [1], [1]], vocab_size=3).probabilities_,
+        fitted([0, 1, 1], vocab_size=3).probabilities_,
+    )
+    with pytest.raises(ValueError, match="word ids"):
+        fitted([0, 3], vocab_size=3)
+
+
+def test_tempered_is_exactly_p_to_the_one_over_t():
+    p = np.array([0.5, 0.3, 0.2, 0.0])
+    expected = np.append(p[:3] ** 2 / np.sum(p[:3] ** 2), 0.0)
+    assert np.allclose(tempered(p, 0.5), expected)
+    cold = tempered(p, 1e-4)  # p^10000 underflows; the log-space version does not
+    assert np.all(np.isfinite(cold)) and cold[0] == pytest.approx(1.0)
+
+
+def test_sampling_frequencies_follow_the_tempered_model():
+    model = fitted([0] * 6 + [1] * 3 + [2], vocab_size=3)
+    draws = 200_000
+    counts = np.bincount(
+        model.sample(draws, rng=np.random.default_rng(3), temperature=0.7), minlength=3
+    )
+
+    def max_z(q: np.ndarray) -> float:
+        return float(np.max(np.abs(counts - draws * q) / np.sqrt(draws * q * (1 - q))))
+
+    assert max_z(tempered(model.probabilities_, 0.7)) < Z_MAX
+    assert max_z(model.probabilities_) > Z_MAX  # the check tells T = 0.7 from T = 1
+
+
+def test_sampling_uses_only_the_given_generator():
+    model = fitted([0, 1, 2, 2], vocab_size=5)
+    first = model.sample(20, rng=np.random.default_rng(9), temperature=0.8)
+    np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
+    assert np.array_equal(first, model.sample(20, rng=np.random.default_rng(9), temperature=0.8))
+
+
+def test_examples_are_twenty_real_words():
+    model = fitted(list(range(30)), vocab_size=30)
+    kind, items = model.examples(rng=np.random.default_rng(1))
+    assert kind == "text" and len(items) == 1
+    assert set(items[0].split()) <= set(english_vocabulary(30)[0])
+    assert len(items[0].split()) == 20
+
+
+@pytest.mark.parametrize(
+    "bad", [{"vocab_size": 1}, {"smoothing": -0.1}, {"smoothing": float("nan")}, {"extra": 1}]
+)
+def test_bad_parameters_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        CategoricalParams(**bad)
