@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_study.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # Re-resolve the pins from pyproject.toml into requirements.lock (needs the network).
 lock:

@@ -108,6 +108,124 @@ METRICS: dict[str, MetricInfo] = {
         "Model's mass beyond 2 true sd / the truth's; 1 = tails intact, 0 = tails lost",
         reference=1.0,
     ),
+    "weight_sq_error": MetricInfo(
+        "Error of the fitted weights",
+        "‖w_t − w*‖²",
+        "Squared error of the least-squares weights, ||w_t - w*||^2",
+        y_scale="auto-log",
+    ),
+    "test_mse": MetricInfo(
+        "Test error against noise-free labels",
+        "MSE",
+        "Mean squared error of predictions on held-out rows against the noise-free labels x.w*",
+        y_scale="auto-log",
+    ),
+    "vocab_survival": MetricInfo(
+        "Vocabulary survival",
+        "share of words alive",
+        "Share of the true vocabulary the model can still produce; 1 = nothing forgotten",
+        reference=1.0,
+    ),
+    "gini_simpson": MetricInfo(
+        "Gini-Simpson diversity",
+        "Σ p(1 − p)",
+        "Gini-Simpson diversity of the model, the chance two draws differ",
+    ),
+    "entropy": MetricInfo("Entropy", "nats", "Entropy of the model's distribution (nats)"),
+    "lost_mass": MetricInfo(
+        "Lost probability mass",
+        "true mass on lost words",
+        "True probability mass on words the model can no longer produce; 0 = nothing lost",
+        reference=0.0,
+    ),
+    "kl_truth_model": MetricInfo(
+        "KL(truth ‖ model)",
+        "nats",
+        "Kullback-Leibler divergence from the truth to the model; infinite once a word is lost",
+        y_scale="auto-log",
+    ),
+    "rarest_rank": MetricInfo(
+        "Rarest surviving word",
+        "true frequency rank",
+        "True frequency rank of the rarest word the model can still produce: the tail's reach",
+    ),
+    "class_diversity": MetricInfo(
+        "Class diversity of samples",
+        "entropy of predicted digits (nats)",
+        "Entropy of a real-data classifier's labels on the samples; log 10 = all digits equally "
+        "common, lower = digits come to look alike",
+    ),
+    "knn_precision": MetricInfo(
+        "k-NN precision (fidelity)",
+        "precision",
+        "Share of samples inside the k-NN balls of held-out real digits (Kynkaanniemi et al.)",
+    ),
+    "knn_recall": MetricInfo(
+        "k-NN recall (coverage)",
+        "recall",
+        "Share of held-out real digits inside the k-NN balls of the samples (Kynkaanniemi et al.)",
+    ),
+    "frechet_distance": MetricInfo(
+        "Frechet distance",
+        "squared Frechet distance",
+        "Frechet distance between samples and held-out real digits in a fixed feature space",
+        y_scale="auto-log",
+    ),
+    "latent_spread": MetricInfo(
+        "Latent spread",
+        "spread / real spread",
+        "Spread of the samples along the real digits' main directions, relative to the real "
+        "digits' own (Shumailov's VAE latent std, on CPU); 1 = as diverse as real data",
+        reference=1.0,
+    ),
+    "component_std_min": MetricInfo(
+        "Narrowest component", "standard deviation", "Standard deviation of the narrowest component"
+    ),
+    "component_std_max": MetricInfo(
+        "Widest component", "standard deviation", "Standard deviation of the widest component"
+    ),
+    "component_std_mean": MetricInfo(
+        "Mean component spread",
+        "standard deviation",
+        "Mean standard deviation of the fitted mixture's components (Shumailov: 0.9 -> 0.01)",
+        y_scale="auto-log",
+    ),
+    "l2_distance": MetricInfo(
+        "L2 distance to the truth",
+        "∫(p − q)²",
+        "Closed-form L2 distance between the fitted and the true mixture densities",
+        y_scale="auto-log",
+    ),
+    "train_variance": MetricInfo(
+        "Training-sample variance",
+        "variance per dimension",
+        "ML variance per dimension of the training sample; a fixed-bandwidth KDE diffuses "
+        "towards (n - 1) h^2",
+    ),
+    "test_perplexity": MetricInfo(
+        "Perplexity of held-out real text",
+        "perplexity",
+        "Perplexity of held-out real sentences under the model (per token, </s> included)",
+        y_scale="auto-log",
+    ),
+    "distinct_2": MetricInfo(
+        "Distinct bigrams", "distinct-2", "Distinct bigrams / all bigrams in sampled text"
+    ),
+    "vocab_size": MetricInfo(
+        "Vocabulary size", "word types", "Word types the fitted model can generate"
+    ),
+    "repetition_rate": MetricInfo(
+        "Repetition rate",
+        "share of repeated tokens",
+        "Share of sampled tokens repeating one of the 4 tokens before them",
+    ),
+    "sentence_length": MetricInfo("Sentence length", "tokens", "Mean tokens per sampled sentence"),
+    "sample_nll_real": MetricInfo(
+        "Improbability of generated text",
+        "NLL per token under real-data model",
+        "Mean NLL per token of the model's samples under the same model fitted on real data "
+        "(Shumailov's 'improbable text')",
+    ),
     "real_fraction": MetricInfo(
         "Real share of the training set",
         "real fraction",

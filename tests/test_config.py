@@ -88,8 +88,8 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 
 def test_the_issue_example_is_valid_as_written():
-    study, text = load_study("studies/quick.yaml")
-    assert study.name == "quick" and study.generations == 30
+    study, text = load_study("studies/gaussian-quick.yaml")
+    assert study.name == "gaussian-quick" and study.generations == 30
     assert len(study.run_specs()) == 1 * 6 * 5
     assert "accumulate-subsample" in text
     labels = [s.label() for s in study.strategies]
@@ -136,9 +136,19 @@ def test_seeds_ignore_generations_and_study_name(tiny_study):
 def test_study_files_in_repo_are_valid():
     from pathlib import Path
 
-    for path in sorted(Path("studies").glob("*.yaml")):
-        study, _ = load_study(path)
-        assert study.name == yaml.safe_load(path.read_text())["name"]
+    paths = sorted(Path("studies").glob("*.yaml"))
+    names = [load_study(path)[0].name for path in paths]
+    assert names == [yaml.safe_load(path.read_text())["name"] for path in paths]
+    assert len(set(names)) == len(names)  # one database can hold every study
+
+
+def test_quick_study_covers_every_family_and_strategy():
+    from collapselab.models import FAMILIES
+    from collapselab.strategies import STRATEGIES
+
+    study, _ = load_study("studies/quick.yaml")
+    assert {m.family for m in study.models} == set(FAMILIES)
+    assert {s.name for s in study.strategies} == set(STRATEGIES)
 
 
 def test_fresh_data_that_would_exhaust_finite_real_data_is_rejected(tiny_study):

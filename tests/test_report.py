@@ -23,7 +23,7 @@ from collapselab.report import (
     strategy_palette,
 )
 
-QUICK_STUDY = Path(__file__).resolve().parents[1] / "studies" / "quick.yaml"
+QUICK_STUDY = Path(__file__).resolve().parents[1] / "studies" / "gaussian-quick.yaml"
 GENERATED_AT = "2026-01-02T03:04:05+00:00"
 XSS = "<script>alert(1)</script>"
 
@@ -126,7 +126,7 @@ def collapsing() -> tuple[pl.DataFrame, pl.DataFrame]:
 def test_quick_page_has_header_status_and_how_to_read(quick: dict[str, Any]) -> None:
     page, runs = quick["page"], quick["runs"]
     structure = PageStructure(page)
-    assert structure.headings["h1"] == ["CollapseLab report: quick"]
+    assert structure.headings["h1"] == ["CollapseLab report: gaussian-quick"]
     assert GENERATED_AT in page
     assert runs["code_version"][0] in page
     assert '<th scope="row">completed</th><td class="num">30</td>' in page
@@ -196,7 +196,9 @@ def test_page_makes_no_external_requests(quick: dict[str, Any]) -> None:
 
 
 def test_same_frames_render_the_same_page(quick: dict[str, Any]) -> None:
-    again = render(quick["tidy"], quick["runs"], study="quick", study_text=quick["text"])
+    again = render(
+        quick["tidy"], quick["runs"], study=quick["study"].name, study_text=quick["text"]
+    )
     assert again == quick["page"]
 
 

@@ -1,0 +1,87 @@
+"""`make bench` (second part): thousands of short runs through the study flow.
+
+Runs a 1,000-run and then a 5,000-run study of tiny Gaussian chains in one process against one
+Prefect server, and prints wall time, tasks submitted, and the flow process's resident memory
+after each: if memory grew with the number of completed runs, the second figure would be far
+above the first.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+import flows  # noqa: F401  (state directory, BLAS threads)
+from collapselab.chain import plan_batches
+from collapselab.config import load_study
+from flows.environment import prefect_api
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def study_file(folder: Path, runs: int) -> Path:
+    strategies = [
+        "replace",
+        "accumulate",
+        "accumulate-subsample",
+        {"name": "fixed-fraction", "real_fraction": 0.2},
+        {"name": "fresh-data", "real_fraction": 0.2},
+    ]
+    path = folder / f"scale-{runs}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": f"scale-{runs}",
+                "seed": 1,
+                "generations": 3,
+                "replicates": runs // 5,
+                "samples_per_generation": 10,
+                "test_size": 50,
+                "models": [{"family": "gaussian"}],
+                "strategies": strategies,
+            }
+        )
+    )
+    return path
+
+
+def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="collapselab-scale-"))
+    workers = os.cpu_count() or 1
+    rows = []
+    with prefect_api():
+        from flows.study import study_flow
+
+        for runs in (1000, 5000):
+            path = study_file(folder, runs)
+            tasks = len(plan_batches(load_study(path)[0].run_specs(), workers=workers))
+            start = time.perf_counter()
+            summary = study_flow(
+                study=str(path),
+                db=str(folder / "scale.duckdb"),
+                runner="processes",
+                workers=workers,
+                report=False,
+            )
+            seconds = time.perf_counter() - start
+            assert summary["completed"] + summary["collapsed"] == runs, summary
+            rows.append((runs, tasks, seconds, resident_mib()))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nthousands of runs (processes x{workers}, one Prefect server)")
+    print(f"{'runs':>6s} {'tasks':>6s} {'seconds':>8s} {'runs/s':>7s} {'flow RSS MiB':>13s}")
+    for runs, tasks, seconds, rss in rows:
+        print(f"{runs:6d} {tasks:6d} {seconds:8.1f} {runs / seconds:7.0f} {rss:13.0f}")
+    print(f"peak RSS of the flow process: {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
