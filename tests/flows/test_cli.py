@@ -88,3 +88,61 @@ def test_run_then_report_end_to_end(tmp_path, tiny_study):
     assert (reports / "tiny" / "index.html").exists()
     # Prefect's state stayed inside the state directory
     assert (tmp_path / "state" / "prefect").is_dir()
+
+
+@pytest.fixture
+def stored_study(tmp_path, tiny_study):
+    """A database holding the tiny study with one run failed and one run missing."""
+    import json
+
+    import polars as pl
+
+    from collapselab.chain import outcomes_to_frames, run_many
+    from collapselab.config import parse_study
+
+    study = parse_study(tiny_study)
+    runs, metrics = outcomes_to_frames(run_many(study.run_specs()[1:]))  # the first never ran
+    failed_id = runs["run_id"][0]
+    runs = runs.with_columns(
+        status=pl.when(pl.col("run_id") == failed_id).then(pl.lit("failed")).otherwise("status"),
+        error=pl.when(pl.col("run_id") == failed_id)
+        .then(pl.lit("generation 2: boom"))
+        .otherwise("error"),
+    )
+    db = tmp_path / "r.duckdb"
+    store = Store(db)
+    store.save_study(
+        name=study.name,
+        seed=study.seed,
+        config=study.model_dump(mode="json"),
+        study_text=json.dumps(tiny_study),
+        n_runs=len(study.run_specs()),
+    )
+    store.ingest(runs, metrics)
+    return db, failed_id, len(study.run_specs())
+
+
+def test_status_counts_done_failed_pending_and_lists_errors(stored_study):
+    db, failed_id, n_runs = stored_study
+    result = CliRunner().invoke(app, ["status", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert f"tiny: {n_runs} runs: {n_runs - 2} done" in result.output
+    assert "1 failed, 1 pending" in result.output
+    assert failed_id in result.output and "generation 2: boom" in result.output
+    unknown = CliRunner().invoke(app, ["status", "nope", "--db", str(db)])
+    assert unknown.exit_code == 2 and "no study 'nope'" in unknown.output
+
+
+def test_export_writes_every_table_as_parquet(stored_study, tmp_path):
+    import polars as pl
+
+    db, _, n_runs = stored_study
+    out = tmp_path / "export"
+    result = CliRunner().invoke(
+        app, ["export", "--db", str(db), "--format", "parquet", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out / "runs.parquet").height == n_runs - 1
+    assert pl.read_parquet(out / "metrics.parquet").height == Store(db).tidy("tiny").height
+    assert pl.read_parquet(out / "studies.parquet")["name"].to_list() == ["tiny"]
+    assert (out / "samples.parquet").exists()
