@@ -111,3 +111,27 @@ class PooledData(RealData):
         if n_test >= len(self.points):
             raise ValueError(f"test_size {n_test} leaves no training data of {len(self.points)}")
         return _PooledStream(self.points, n_test, seed)
+
+
+# --- Gaussian mixtures as plain arrays: weights (K,), means (K, d), covariances (K, d, d) ---
+
+
+def mixture_key(weights: np.ndarray, means: np.ndarray, covs: np.ndarray) -> str:
+    """Real-data key of a mixture truth: families whose truths are equal share their real data."""
+    return (
+        f"gaussian-mixture(weights={weights.tolist()}, means={means.tolist()}, "
+        f"covs={covs.tolist()})"
+    )
+
+
+def mixture_sampler(
+    weights: np.ndarray, means: np.ndarray, chols: np.ndarray
+) -> Callable[[int, np.random.Generator], np.ndarray]:
+    """Draw from sum_k w_k N(m_k, L_k L_k^T) with the generator passed in, nothing else."""
+
+    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
+        labels = rng.choice(len(weights), size=n, p=weights)
+        noise = rng.standard_normal((n, means.shape[1]))
+        return means[labels] + np.einsum("nij,nj->ni", chols[labels], noise)
+
+    return draw

@@ -45,3 +45,50 @@ def gaussian_mean_nll(X: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> floa
 def normal_two_sided_tail(mean: float, std: float, lower: float, upper: float) -> float:
     """P(X < lower) + P(X > upper) for X ~ N(mean, std^2)."""
     return float(ndtr((lower - mean) / std) + ndtr((mean - upper) / std))
+
+
+def gaussian_overlaps(
+    means_a: np.ndarray, covs_a: np.ndarray, means_b: np.ndarray, covs_b: np.ndarray
+) -> np.ndarray:
+    """(K_a, K_b) matrix of integral N(x; a_i) N(x; b_j) dx = N(m_a_i; m_b_j, S_a_i + S_b_j)."""
+    diff = means_a[:, None, :] - means_b[None, :, :]
+    chol = np.linalg.cholesky(covs_a[:, None] + covs_b[None, :])
+    z = np.linalg.solve(chol, diff[..., None])[..., 0]
+    log_det = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    d = means_a.shape[1]
+    return np.exp(-0.5 * (d * math.log(2.0 * math.pi) + log_det + np.sum(z * z, axis=-1)))
+
+
+def mixture_l2_distance(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> float:
+    """||p_a - p_b||_2 = sqrt(integral (p_a - p_b)^2), exact: every cross term is a Gaussian
+    overlap, so integral p_a p_b = w_a^T [N(m_i; m_j, S_i + S_j)]_ij w_b."""
+    (wa, ma, sa), (wb, mb, sb) = a, b
+    squared = (
+        wa @ gaussian_overlaps(ma, sa, ma, sa) @ wa
+        + wb @ gaussian_overlaps(mb, sb, mb, sb) @ wb
+        - 2.0 * wa @ gaussian_overlaps(ma, sa, mb, sb) @ wb
+    )
+    return math.sqrt(max(float(squared), 0.0))
+
+
+def mixture_first_coordinate_moments(
+    weights: np.ndarray, means: np.ndarray, covs: np.ndarray
+) -> tuple[float, float]:
+    """Mean and standard deviation of the mixture's first coordinate (law of total variance)."""
+    mean = float(weights @ means[:, 0])
+    second = float(weights @ (covs[:, 0, 0] + means[:, 0] ** 2))
+    return mean, math.sqrt(max(second - mean**2, 0.0))
+
+
+def mixture_two_sided_tail(
+    weights: np.ndarray, means: np.ndarray, covs: np.ndarray, lower: float, upper: float
+) -> float:
+    """Mass of the mixture's first coordinate outside [lower, upper], exact (normal CDFs)."""
+    return float(
+        sum(
+            w * normal_two_sided_tail(m[0], math.sqrt(c[0, 0]), lower, upper)
+            for w, m, c in zip(weights, means, covs, strict=True)
+        )
+    )

@@ -192,7 +192,7 @@ METRICS: dict[str, MetricInfo] = {
     ),
     "l2_distance": MetricInfo(
         "L2 distance to the truth",
-        "∫(p − q)²",
+        "√∫(p − q)²",
         "Closed-form L2 distance between the fitted and the true mixture densities",
         y_scale="auto-log",
     ),

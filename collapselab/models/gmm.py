@@ -1,0 +1,263 @@
+"""`gmm`: a Gaussian mixture fitted by EM (scikit-learn's GaussianMixture), Shumailov's toy case.
+
+Shumailov et al. (Nature 2024) refit a two-component mixture on 1000 of its own samples for about
+2000 generations: the components' spread fell from about 0.9 to about 0.01. Their notebook's data
+is a single 2-D standard normal blob, which is this family's default truth
+(../shared/literature.md, "Published experiments").
+
+scikit-learn's sampler ignores a passed generator, so sampling is done here from the fitted
+weights, means and covariances with the run's own Generator. The mixture helpers at the top
+(truth key, sampler, L2 distance) are shared with the `kde` family, whose truth is also a mixture.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import cached_property
+from typing import Annotated, Literal, Self
+
+import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from scipy.special import logsumexp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from collapselab.data import RealData, SampledData, mixture_key, mixture_sampler
+from collapselab.metrics import (
+    mixture_first_coordinate_moments,
+    mixture_l2_distance,
+    mixture_two_sided_tail,
+)
+from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Matrix = tuple[tuple[FiniteFloat, ...], ...]
+
+#: A covariance with an eigenvalue below this share of the truth's average variance is singular
+#: (the `gaussian` family uses the same floor). sklearn's `reg_covar` ridge keeps every fitted
+#: covariance above it; before the ridge, a component on d or fewer points (a point, a line) is
+#: singular: EM does that at n = 25 in about 4% of fits of the default, at n = 1000 rarely.
+COLLAPSE_EIGENVALUE_SHARE = 1e-12
+#: A component holding less than half a training point's worth of responsibility has lost its
+#: points: sklearn keeps it alive with a few machine epsilons of weight.
+MIN_COMPONENT_POINTS = 0.5
+
+
+# --- Gaussian mixtures as plain arrays: weights (K,), means (K, d), covariances (K, d, d) --------
+
+
+def tempered_weights(weights: np.ndarray, log_dets: np.ndarray, temperature: float) -> np.ndarray:
+    """Component weights of density^(1/T) when components do not overlap: the integral of
+    (w N(x; m, S))^(1/T) is proportional to w^(1/T) |S|^((1 - 1/T) / 2)."""
+    logits = np.log(weights) / temperature + 0.5 * (1.0 - 1.0 / temperature) * log_dets
+    return np.exp(logits - logsumexp(logits))
+
+
+# --- the family ----------------------------------------------------------------------------------
+
+
+class GmmParams(FamilyParams):
+    family: Literal["gmm"] = "gmm"
+    #: Mixture components fitted by EM.
+    components: PositiveInt = 2
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    #: EM stops when the mean log-likelihood gains less than this (Shumailov: 1e-5).
+    tol: PositiveFiniteFloat = 1e-3
+    #: EM iterations at most (Shumailov: 2000).
+    max_iter: PositiveInt = 100
+    #: sklearn adds this to every covariance's diagonal: a floor under each fitted variance.
+    reg_covar: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6
+    #: Seed of EM's k-means initialisation: the fit is a deterministic function of its data.
+    em_seed: NonNegativeInt = 0
+    #: End the run as collapsed when a component's covariance is singular before the `reg_covar`
+    #: ridge (it sits on d or fewer points). False (default) keeps such a component as a
+    #: ridge-wide Gaussian and the chain goes on, as in Shumailov's notebook; EM re-splits the
+    #: data at the next fit. A covariance singular after the ridge always ends the run.
+    end_on_singular_component: bool = False
+    #: The truth: component means (all of one dimension d) ...
+    truth_means: tuple[tuple[FiniteFloat, ...], ...] = ((0.0, 0.0),)
+    #: ... each component's covariance: a number s (isotropic, covariance s^2 I: a standard
+    #: deviation) or a d x d symmetric positive definite matrix ...
+    truth_covs: tuple[PositiveFiniteFloat | Matrix, ...] = (1.0,)
+    #: ... and weights (positive, summing to 1); default equal weights.
+    truth_weights: tuple[PositiveFiniteFloat, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_truth(self) -> Self:
+        count = len(self.truth_means)
+        if count == 0:
+            raise ValueError("truth_means must list at least one component mean")
+        dim = len(self.truth_means[0])
+        if dim == 0 or any(len(mean) != dim for mean in self.truth_means):
+            raise ValueError("truth_means must all have the same, positive, number of coordinates")
+        if len(self.truth_covs) != count:
+            raise ValueError(f"truth_covs must have {count} entries (one per mean)")
+        for k, cov in enumerate(self.truth_covs):
+            if isinstance(cov, float):
+                continue
+            matrix = np.asarray(cov, dtype=float)
+            if matrix.shape != (dim, dim):
+                raise ValueError(f"truth_covs[{k}] must be {dim}x{dim}, got shape {matrix.shape}")
+            if not np.allclose(matrix, matrix.T) or np.linalg.eigvalsh(matrix).min() <= 0:
+                raise ValueError(f"truth_covs[{k}] must be symmetric positive definite")
+        if self.truth_weights is not None:
+            if len(self.truth_weights) != count:
+                raise ValueError(f"truth_weights must have {count} entries (one per mean)")
+            if not math.isclose(sum(self.truth_weights), 1.0, abs_tol=1e-6):
+                raise ValueError(f"truth_weights must sum to 1, got {sum(self.truth_weights)}")
+        return self
+
+
+def full_covariances(mixture: GaussianMixture) -> np.ndarray:
+    """sklearn's covariances_ in any covariance_type, as a (K, d, d) stack."""
+    k, d = mixture.means_.shape
+    cov = mixture.covariances_
+    match mixture.covariance_type:
+        case "full":
+            return np.array(cov, dtype=float)
+        case "tied":
+            return np.broadcast_to(cov, (k, d, d)).copy()
+        case "diag":
+            return np.einsum("kd,de->kde", cov, np.eye(d))
+        case "spherical":
+            return cov[:, None, None] * np.eye(d)
+    raise ValueError(f"unknown covariance_type {mixture.covariance_type!r}")
+
+
+@register
+class GaussianMixtureFamily(ModelFamily):
+    name = "gmm"
+    Params = GmmParams
+    metric_names = (
+        "component_std_min",
+        "component_std_max",
+        "component_std_mean",
+        "test_nll",
+        "l2_distance",
+        "tail_mass_ratio",
+    )
+    temperature_meaning = (
+        "each component's covariance times T and weight w^(1/T)|S|^((1-1/T)/2), renormalised: "
+        "density^(1/T) exactly only when components do not overlap"
+    )
+
+    params: GmmParams
+
+    # The truth, derived from the parameters.
+    @cached_property
+    def dim(self) -> int:
+        return len(self.params.truth_means[0])
+
+    @cached_property
+    def true_means(self) -> np.ndarray:
+        return np.asarray(self.params.truth_means, dtype=float)
+
+    @cached_property
+    def true_covs(self) -> np.ndarray:
+        eye = np.eye(self.dim)
+        return np.stack(
+            [
+                cov**2 * eye if isinstance(cov, float) else np.asarray(cov, dtype=float)
+                for cov in self.params.truth_covs
+            ]
+        )
+
+    @cached_property
+    def true_weights(self) -> np.ndarray:
+        weights = self.params.truth_weights
+        count = len(self.params.truth_means)
+        raw = np.full(count, 1.0 / count) if weights is None else np.asarray(weights, dtype=float)
+        return raw / raw.sum()
+
+    @cached_property
+    def truth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.true_weights, self.true_means, self.true_covs
+
+    @cached_property
+    def _true_average_variance(self) -> float:
+        mean = self.true_weights @ self.true_means
+        spread = self.true_weights @ np.sum((self.true_means - mean) ** 2, axis=1)
+        within = self.true_weights @ np.trace(self.true_covs, axis1=1, axis2=2)
+        return float(within + spread) / self.dim
+
+    def real_data(self) -> RealData:
+        chols = np.linalg.cholesky(self.true_covs)
+        return SampledData(
+            key=mixture_key(*self.truth),
+            draw=mixture_sampler(self.true_weights, self.true_means, chols),
+        )
+
+    def fit(self, X: np.ndarray) -> Self:
+        p = self.params
+        if not np.all(np.isfinite(X)):
+            raise Degenerate("non-finite training points")
+        if np.ptp(X, axis=0).max() == 0.0:
+            raise Degenerate("all training points are equal: zero variance")
+        mixture = GaussianMixture(
+            n_components=p.components,
+            covariance_type=p.covariance_type,
+            tol=p.tol,
+            max_iter=p.max_iter,
+            reg_covar=p.reg_covar,
+            random_state=p.em_seed,
+        )
+        # EM stopping at max_iter, or k-means finding fewer distinct clusters than components,
+        # only warns; an unusable fit is caught by the checks below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            try:
+                mixture.fit(X)
+            except ValueError as exc:  # too few (distinct) points, an ill-defined covariance
+                raise Degenerate(f"EM failed: {exc}") from exc
+        self.mixture_ = mixture
+        self.weights_ = np.asarray(mixture.weights_, dtype=float)
+        self.means_ = np.asarray(mixture.means_, dtype=float)
+        self.covariances_ = full_covariances(mixture)
+        if not (np.all(np.isfinite(self.means_)) and np.all(np.isfinite(self.covariances_))):
+            raise Degenerate("EM produced non-finite parameters")
+        points = self.weights_ * len(X)
+        if points.min() < MIN_COMPONENT_POINTS:
+            raise Degenerate(f"empty component: {points.min():.3g} points' worth of responsibility")
+        floor = COLLAPSE_EIGENVALUE_SHARE * self._true_average_variance
+        if np.linalg.eigvalsh(self.covariances_).min() <= floor:
+            raise Degenerate("singular covariance: a component has collapsed to a subspace")
+        if p.end_on_singular_component:
+            empirical = self.covariances_ - p.reg_covar * np.eye(self.dim)
+            if np.linalg.eigvalsh(empirical).min() <= floor:
+                raise Degenerate(
+                    "singular covariance before the ridge: a component sits on d or fewer points"
+                )
+        self.chols_ = np.linalg.cholesky(self.covariances_)
+        self.log_dets_ = 2.0 * np.sum(np.log(np.diagonal(self.chols_, axis1=1, axis2=2)), axis=1)
+        return self
+
+    @property
+    def fitted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.weights_, self.means_, self.covariances_
+
+    def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """Component k with probability `tempered_weights`, then N(m_k, T S_k): for T = 1 the
+        fitted mixture itself; otherwise exact per component, and for the whole density^(1/T)
+        only in the limit of non-overlapping components (a power of a sum is not a sum)."""
+        weights = tempered_weights(self.weights_, self.log_dets_, temperature)
+        draw = mixture_sampler(weights, self.means_, math.sqrt(temperature) * self.chols_)
+        return draw(n, rng)
+
+    def score(self, X: np.ndarray) -> float:
+        return -float(self.mixture_.score(X))
+
+    def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
+        stds = np.sqrt(np.trace(self.covariances_, axis1=1, axis2=2) / self.dim)
+        mu0, sd0 = mixture_first_coordinate_moments(*self.truth)
+        lower, upper = mu0 - 2.0 * sd0, mu0 + 2.0 * sd0
+        return {
+            "component_std_min": float(stds.min()),
+            "component_std_max": float(stds.max()),
+            "component_std_mean": float(stds.mean()),
+            "test_nll": self.score(test),
+            "l2_distance": mixture_l2_distance(self.fitted, self.truth),
+            "tail_mass_ratio": mixture_two_sided_tail(*self.fitted, lower, upper)
+            / mixture_two_sided_tail(*self.truth, lower, upper),
+        }

@@ -1,0 +1,235 @@
+"""The `kde` family: exact properties of one fit, and the diffusion law of literature item 5.
+
+Statistical checks compute z = (simulated mean - expected) / (Monte Carlo standard error) and
+require |z| < Z_MAX; each is paired with wrong formulas that the same check must reject.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+from scipy.special import logsumexp
+from sklearn.neighbors import KernelDensity
+
+from collapselab.chain import outcomes_to_frames, run_many
+from collapselab.config import parse_study
+from collapselab.models import Degenerate
+from collapselab.models.gmm import GaussianMixtureFamily, GmmParams
+from collapselab.models.kde import KdeParams, KernelDensityFamily
+
+Z_MAX = 4.5  # two-sided, per generation; with ~10 generations a false alarm is ~1e-4
+
+
+def fitted(X: np.ndarray, **params) -> KernelDensityFamily:
+    return KernelDensityFamily(KdeParams(**params)).fit(X)
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bandwidth": 0.0},
+        {"bandwidth": -0.5},
+        {"bandwidth": "normal-reference"},
+        {"bandwidth": float("inf")},
+        {"cluster_std": 0.0},
+        {"centers": ()},
+        {"centers": ((0.0, 0.0), (1.0,))},
+        {"centers": ((),)},
+    ],
+)
+def test_bad_parameters_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        KdeParams(**bad)
+
+
+def test_bandwidth_rules_are_sklearns_unscaled_factors():
+    X = np.random.default_rng(0).normal(size=(100, 2)) * 10  # the data's spread plays no part
+    assert fitted(X, bandwidth="scott").bandwidth_ == pytest.approx(100 ** (-1 / 6))
+    one_d = np.random.default_rng(1).normal(size=(50, 1))
+    model = fitted(one_d, bandwidth="silverman", centers=((0.0,),))
+    assert model.bandwidth_ == pytest.approx((50 * 3 / 4) ** (-1 / 5))
+
+
+# --- the truth: fixed centres, shared by training and test data ----------------------------------
+
+
+def test_training_and_test_data_come_from_the_same_fixed_centres():
+    model = KernelDensityFamily(KdeParams())
+    centres = model.true_means
+    real = model.real_data().open(n_test=30_000, seed=np.random.SeedSequence(1))
+    for points in (real.test, real.take(30_000)):
+        nearest = np.argmin(((points[:, None] - centres[None]) ** 2).sum(axis=2), axis=1)
+        for k, centre in enumerate(centres):
+            group = points[nearest == k]
+            # clusters 1 sd wide and 5-6 sd apart: nearest-centre means sit within 0.05
+            assert np.allclose(group.mean(axis=0), centre, atol=0.05)
+            assert len(group) == pytest.approx(10_000, rel=0.05)
+
+
+def test_a_gmm_with_the_same_truth_shares_the_real_data():
+    kde = KernelDensityFamily(KdeParams(centers=((0.0, 0.0), (4.0, 1.0)), cluster_std=0.7))
+    gmm = GaussianMixtureFamily(
+        GmmParams(truth_means=((0.0, 0.0), (4.0, 1.0)), truth_covs=(0.7, 0.7))
+    )
+    assert kde.real_data().key == gmm.real_data().key
+    a = kde.real_data().open(n_test=100, seed=np.random.SeedSequence(2))
+    b = gmm.real_data().open(n_test=100, seed=np.random.SeedSequence(2))
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.take(50), b.take(50))
+
+
+def test_true_trace_adds_the_spread_of_the_centres():
+    model = KernelDensityFamily(KdeParams())
+    points = model.real_data().open(n_test=200_000, seed=np.random.SeedSequence(3)).test
+    # 200k points: the sample trace is within a few hundredths of the exact one
+    assert model.true_trace == pytest.approx(np.trace(np.cov(points, rowvar=False)), rel=0.01)
+
+
+# --- exact properties of one fit -----------------------------------------------------------------
+
+
+def test_metrics_match_independent_formulas():
+    rng = np.random.default_rng(4)
+    X, test = rng.normal(size=(60, 2)) * 2, rng.normal(size=(200, 2)) * 3
+    h = 0.7
+    model = fitted(X, bandwidth=h)
+    values = model.metrics(test, rng=rng)
+    assert set(values) == set(model.metric_names)
+    squared = ((test[:, None, :] - X[None, :, :]) ** 2).sum(axis=2)
+    log_density = logsumexp(-0.5 * squared / h**2, axis=1) - np.log(60 * 2 * np.pi * h**2)
+    assert values["test_nll"] == pytest.approx(-log_density.mean(), rel=1e-7)
+    ml_variance = np.trace(np.cov(X, rowvar=False, ddof=0)) / 2
+    assert values["train_variance"] == pytest.approx(ml_variance)
+    assert values["variance_ratio"] == pytest.approx(2 * (ml_variance + h**2) / model.true_trace)
+
+
+def test_a_far_test_point_gives_a_finite_log_likelihood():
+    model = fitted(np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]]), bandwidth=0.1)
+    assert np.isfinite(
+        model.metrics(np.array([[100.0, 0.0]]), rng=np.random.default_rng())["test_nll"]
+    )
+
+
+def test_sampling_uses_only_the_given_generator():
+    model = fitted(np.random.default_rng(5).normal(size=(30, 2)))
+    with mock.patch.object(KernelDensity, "sample", side_effect=AssertionError("sklearn rng")):
+        a = model.sample(40, rng=np.random.default_rng(9))
+        np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
+        rng = np.random.default_rng(9)
+        b = model.sample(40, rng=rng)
+    assert np.array_equal(a, b)
+    assert rng.random() != np.random.default_rng(9).random()  # it drew from the generator
+
+
+def covariance_z_scores(draws: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """z-scores of the sample covariance entries (normal-theory standard errors)."""
+    m = len(draws)
+    estimate = np.cov(draws, rowvar=False)
+    se = np.sqrt((np.outer(np.diag(expected), np.diag(expected)) + expected**2) / m)
+    return ((estimate - expected) / se).ravel()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_samples_have_the_kdes_own_covariance_with_tempered_kernels(temperature):
+    X = np.random.default_rng(6).normal(size=(50, 2)) * [1.0, 3.0]
+    h = 0.8
+    model = fitted(X, bandwidth=h)
+    draws = model.sample(200_000, rng=np.random.default_rng(7), temperature=temperature)
+    ml_cov = np.cov(X, rowvar=False, ddof=0)
+    z = covariance_z_scores(draws, ml_cov + temperature * h**2 * np.eye(2))
+    assert np.max(np.abs(z)) < Z_MAX, z
+    # the same check rejects forgetting the kernel noise, and an untempered kernel
+    assert np.max(np.abs(covariance_z_scores(draws, ml_cov))) > Z_MAX
+    if temperature != 1.0:
+        wrong = covariance_z_scores(draws, ml_cov + h**2 * np.eye(2))
+        assert np.max(np.abs(wrong)) > Z_MAX
+
+
+def test_non_finite_training_points_are_degenerate():
+    with pytest.raises(Degenerate):
+        fitted(np.array([[0.0, 0.0], [np.nan, 1.0]]))
+
+
+# --- the diffusion law of literature item 5 ------------------------------------------------------
+
+N, BANDWIDTH, GENERATIONS, REPLICATES, CLUSTER_STD = 5, 0.5, 8, 600, 0.5
+
+
+@pytest.fixture(scope="module")
+def replace_chain() -> pl.DataFrame:
+    study = parse_study(
+        {
+            "name": "kde-theory",
+            "seed": 17,
+            "generations": GENERATIONS,
+            "replicates": REPLICATES,
+            "samples_per_generation": N,
+            "test_size": 1,
+            "models": [
+                {
+                    "family": "kde",
+                    "bandwidth": BANDWIDTH,
+                    "centers": [[0.0, 0.0]],
+                    "cluster_std": CLUSTER_STD,
+                }
+            ],
+            "strategies": ["replace"],
+        }
+    )
+    _, metrics = outcomes_to_frames(run_many(study.run_specs()))
+    return metrics
+
+
+def recursion(step) -> np.ndarray:
+    """E[v_t] for t = 0..G from E[v_0] = (1 - 1/n) sigma^2 (ML variance of n real points)."""
+    values = [(1 - 1 / N) * CLUSTER_STD**2]
+    for _ in range(GENERATIONS):
+        values.append(step(values[-1]))
+    return np.array(values)
+
+
+def z_scores(metrics: pl.DataFrame, expected: np.ndarray) -> np.ndarray:
+    summary = (
+        metrics.filter(pl.col("metric") == "train_variance")
+        .group_by("generation")
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std().alias("sd"),
+            pl.len().alias("count"),
+        )
+        .sort("generation")
+    )
+    assert summary["count"].min() == REPLICATES
+    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
+    return (summary["mean"].to_numpy() - expected) / se
+
+
+def test_training_variance_follows_the_diffusion_recursion(replace_chain):
+    # E[v_{t+1}] = (1 - 1/n)(v_t + h^2): sampling adds h^2, the ML fit of n points shrinks
+    def step(v):
+        return (1 - 1 / N) * (v + BANDWIDTH**2)
+
+    z = z_scores(replace_chain, recursion(step))
+    assert np.max(np.abs(z)) < Z_MAX, z
+    # its fixed point is the literature's limit (n - 1) h^2 (here 1, approached from 0.2)
+    assert step((N - 1) * BANDWIDTH**2) == pytest.approx((N - 1) * BANDWIDTH**2)
+
+
+def test_the_check_rejects_wrong_recursions(replace_chain):
+    noise_not_shrunk = recursion(lambda v: (1 - 1 / N) * v + BANDWIDTH**2)  # limit n h^2
+    no_shrinkage = recursion(lambda v: v + BANDWIDTH**2)  # unbounded diffusion
+    assert np.max(np.abs(z_scores(replace_chain, noise_not_shrunk))) > Z_MAX
+    assert np.max(np.abs(z_scores(replace_chain, no_shrinkage))) > Z_MAX
+
+
+def test_variance_ratio_is_the_kdes_own_variance(replace_chain):
+    wide = replace_chain.pivot(on="metric", index=["run_id", "generation"], values="value")
+    true_trace = 2 * CLUSTER_STD**2
+    own = 2 * (wide["train_variance"].to_numpy() + BANDWIDTH**2) / true_trace
+    assert np.allclose(wide["variance_ratio"].to_numpy(), own)
