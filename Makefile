@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install study test lint bench lock clean
+.PHONY: install browser study test lint bench lock clean
 
 install: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP): requirements.lock pyproject.toml
 study: install
 	$(BIN)/collapselab run studies/quick.yaml
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Headless Chromium for the report's browser test, from the system's packages where we may
+# install them (root with apt-get); elsewhere that one test is skipped with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	echo "Chromium is not installed: the report's browser test will be skipped"
 
 lint: install
 	$(BIN)/ruff check .
