@@ -306,9 +306,11 @@ def render_report(
     study_text: str | None,
     generated_at: str,
     samples: pl.DataFrame | None = None,
+    expected_runs: int | None = None,
 ) -> str:
     """Return one self-contained HTML page. `samples` (optional): the store's kept samples
-    (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list)."""
+    (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list).
+    `expected_runs` (optional): the size of the study's grid, to say how many runs are missing."""
     if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
         runs = pl.DataFrame(schema=RUN_COLUMNS)
     if tidy.is_empty():
@@ -338,6 +340,7 @@ def render_report(
         code_versions=sorted(runs["code_version"].drop_nulls().unique().to_list()),
         status_counts=_status_counts(runs),
         total_runs=runs.height,
+        pending_runs=None if expected_runs is None else max(expected_runs - runs.height, 0),
         collapsed=_collapsed_summary(runs),
         failed=_failed_runs(runs),
         design=_design_summary(runs),

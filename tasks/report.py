@@ -7,6 +7,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,12 +19,14 @@ from collapselab.store import Store
 def render_study_report(db: str, study: str, out_dir: str) -> str:
     """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path."""
     store = Store(db)
+    recorded = store.studies().filter(pl.col("name") == study)["n_runs"].to_list()
     html = render_report(
         study=study,
         tidy=store.tidy(study),
         runs=store.runs(study),
         study_text=store.study_text(study),
         samples=store.samples(study),
+        expected_runs=recorded[0] if recorded else None,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     target = Path(out_dir) / "index.html"

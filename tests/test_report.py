@@ -411,3 +411,13 @@ def test_text_samples_are_listed_and_escaped(quick: dict[str, Any]) -> None:
     assert "<q>the cat sat .</q>" in page
     assert escaped(XSS) in page and XSS not in page
     assert page.count('class="samples"') == 1
+
+
+def test_a_partly_stored_study_says_what_is_missing(quick: dict[str, Any]) -> None:
+    runs = quick["runs"].head(20)
+    tidy = quick["tidy"].filter(pl.col("run_id").is_in(runs["run_id"].to_list()))
+    page = render(tidy, runs, expected_runs=30)
+    assert "<strong>Incomplete:</strong> 10 of\n    30 runs" in page
+    assert '<th scope="row">pending</th><td class="num">10</td>' in page
+    complete = render(quick["tidy"], quick["runs"], expected_runs=30)
+    assert "Incomplete" not in complete
