@@ -504,7 +504,119 @@ def _gallery(
                 for label in ordered
             ),
         )
-    return Gallery(kind="image", figure=_image_grid(by_label, ordered, anchor=anchor, model=model))
+    if kind == "image":
+        figure = _image_grid(by_label, ordered, anchor=anchor, model=model)
+    elif kind in ("density", "ranks"):
+        figure = _curves_by_generation(kind, by_label, ordered, anchor=anchor, model=model)
+    else:  # a kind this report does not know how to draw: leave it out rather than fail
+        return None
+    return Gallery(kind="figure", figure=figure)
+
+
+def _draw_density(ax: Axes, items: list, color: tuple, label: str) -> None:
+    """A 1-D Gaussian's density (first coordinate) from its fitted mean and covariance."""
+    mean, variance = float(items[0]["mean"][0]), float(items[0]["cov"][0][0])
+    sd = math.sqrt(max(variance, 1e-300))
+    grid = np.linspace(mean - 4.0 * sd, mean + 4.0 * sd, 400)
+    ax.plot(
+        grid,
+        np.exp(-0.5 * ((grid - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)),
+        color=color,
+        linewidth=1.4,
+        label=label,
+    )
+
+
+def _draw_ranks(ax: Axes, items: list, color: tuple, label: str) -> None:
+    """The model's rank-frequency curve (its probabilities sorted, log-log): it ends at the
+    number of words the model can still produce, so a fading tail shortens it."""
+    probabilities = np.sort(np.asarray(items[0], dtype=float))[::-1]
+    alive = probabilities[probabilities > 0]
+    ax.plot(np.arange(1, alive.size + 1), alive, color=color, linewidth=1.2, label=label)
+
+
+def _curves_by_generation(
+    kind: str,
+    by_label: dict[str, list[tuple[int, list]]],
+    labels: list[str],
+    *,
+    anchor: str,
+    model: str,
+) -> FigureBlock:
+    """Small multiples, one panel per strategy, one curve per kept generation (light to dark)."""
+    draw = _draw_density if kind == "density" else _draw_ranks
+    generations = sorted({g for label in labels for g, _ in by_label[label]})
+    shades = matplotlib.colormaps["viridis"](np.linspace(0.9, 0.0, len(generations)))
+    cols = min(3, len(labels))
+    rows = math.ceil(len(labels) / cols)
+    with plt.rc_context(_PLOT_STYLE):
+        figure, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(3.4 * cols, 2.7 * rows + 0.6),
+            squeeze=False,
+            layout="constrained",
+            sharex=True,
+            sharey=kind == "ranks",  # densities differ by orders of magnitude
+        )
+        try:
+            for ax in axes.flat[len(labels) :]:
+                ax.set_visible(False)
+            for ax, label in zip(axes.flat, labels, strict=False):
+                cells = dict(by_label[label])
+                if kind == "ranks":
+                    truth = _true_word_probabilities(len(next(iter(cells.values()))[0]))
+                    if truth is not None:
+                        ax.plot(
+                            np.arange(1, truth.size + 1),
+                            truth,
+                            color="0.2",
+                            linestyle="--",
+                            linewidth=1.0,
+                            label="truth",
+                        )
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                for shade, generation in zip(shades, generations, strict=True):
+                    if cells.get(generation):
+                        draw(ax, cells[generation], tuple(shade), f"generation {generation}")
+                ax.set_title(label, fontsize=9)
+                ax.title.set_parse_math(False)
+            handles, names = axes.flat[0].get_legend_handles_labels()
+            figure.legend(
+                handles, names, loc="outside lower center", ncols=min(4, len(names)), frameon=False
+            )
+            what = (
+                "density of the fitted model"
+                if kind == "density"
+                else ("word probability against true frequency rank (log-log)")
+            )
+            alt = (
+                f"{model}: {what} at generations {', '.join(map(str, generations))}, one "
+                f"panel per strategy ({', '.join(labels)})."
+            )
+            svg = _inline_svg(figure, anchor=anchor, alt=alt)
+        finally:
+            plt.close(figure)
+    caption = (
+        "Density of each fitted model (first coordinate), first replicate of each strategy, "
+        "light to dark over generations: a narrowing curve is collapse."
+        if kind == "density"
+        else "Rank-frequency curves (word probability against its rank in the model, log-log), "
+        "first replicate of each strategy, light to dark over generations; dashed: the truth. "
+        "A curve that ends early has lost its tail: those words can no longer be produced."
+    )
+    return FigureBlock(anchor=anchor, title="Samples", svg=svg, caption=caption)
+
+
+def _true_word_probabilities(vocab_size: int) -> np.ndarray | None:
+    """The categorical family's truth, for the reference line (None if it cannot be loaded)."""
+    try:
+        from collapselab.models import categorical
+
+        return np.asarray(categorical.true_probabilities(vocab_size), dtype=float)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _mosaic(images: list) -> np.ndarray:
