@@ -1,9 +1,9 @@
 """`make bench` (second part): thousands of short runs through the study flow.
 
-Runs a 1,000-run and then a 5,000-run study of tiny Gaussian chains in one process against one
-Prefect server, and prints wall time, tasks submitted, and the flow process's resident memory
-after each: if memory grew with the number of completed runs, the second figure would be far
-above the first.
+Runs a 1,000-run study and then two 5,000-run studies of tiny Gaussian chains in one process
+against one Prefect server, and prints wall time, tasks submitted, and the flow process's resident
+memory after each: if memory grew with the number of completed runs, each 5,000 runs would add
+the same amount again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def resident_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def study_file(folder: Path, runs: int) -> Path:
+def study_file(folder: Path, runs: int, name: str) -> Path:
     strategies = [
         "replace",
         "accumulate",
@@ -36,11 +36,11 @@ def study_file(folder: Path, runs: int) -> Path:
         {"name": "fixed-fraction", "real_fraction": 0.2},
         {"name": "fresh-data", "real_fraction": 0.2},
     ]
-    path = folder / f"scale-{runs}.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
             {
-                "name": f"scale-{runs}",
+                "name": name,
                 "seed": 1,
                 "generations": 3,
                 "replicates": runs // 5,
@@ -61,8 +61,8 @@ def main() -> None:
     with prefect_api():
         from flows.study import study_flow
 
-        for runs in (1000, 5000):
-            path = study_file(folder, runs)
+        for runs, name in ((1000, "scale-a"), (5000, "scale-b"), (5000, "scale-c")):
+            path = study_file(folder, runs, name)
             tasks = len(plan_batches(load_study(path)[0].run_specs(), workers=workers))
             start = time.perf_counter()
             summary = study_flow(
@@ -78,8 +78,13 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nthousands of runs (processes x{workers}, one Prefect server)")
     print(f"{'runs':>6s} {'tasks':>6s} {'seconds':>8s} {'runs/s':>7s} {'flow RSS MiB':>13s}")
+    done = 0
     for runs, tasks, seconds, rss in rows:
-        print(f"{runs:6d} {tasks:6d} {seconds:8.1f} {runs / seconds:7.0f} {rss:13.0f}")
+        done += runs
+        print(
+            f"{runs:6d} {tasks:6d} {seconds:8.1f} {runs / seconds:7.0f} {rss:13.0f}"
+            f"   (after {done} runs in this process)"
+        )
     print(f"peak RSS of the flow process: {peak:.0f} MiB")
 
 

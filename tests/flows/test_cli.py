@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,8 +11,7 @@ from typer.testing import CliRunner
 
 from collapselab.store import Store
 from flows.cli import app
-
-CLI = str(Path(sys.executable).with_name("collapselab"))
+from tests.flows.processes import CLI, clean_env
 
 
 def test_bad_study_fails_fast_with_one_line_and_touches_nothing(tmp_path, tiny_study):
@@ -62,9 +58,7 @@ def test_run_then_report_end_to_end(tmp_path, tiny_study):
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump(tiny_study))
     db, reports = tmp_path / "r.duckdb", tmp_path / "reports"
-    env = {**os.environ, "COLLAPSELAB_HOME": str(tmp_path / "state")}
-    for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "MPLCONFIGDIR", "SCIKIT_LEARN_DATA"):
-        env.pop(inherited, None)
+    env = clean_env(tmp_path)
     done = subprocess.run(
         [CLI, "run", str(study), "--db", str(db), "--reports-dir", str(reports), "--workers", "2"],
         env=env,

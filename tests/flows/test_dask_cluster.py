@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
 
-BIN = Path(sys.executable).parent
+from tests.flows.processes import BIN, clean_env, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def metrics_of(db: Path):
@@ -33,9 +25,7 @@ def metrics_of(db: Path):
 def test_existing_cluster_matches_the_thread_runner(tmp_path, tiny_study):
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump(tiny_study))
-    env = {**os.environ, "COLLAPSELAB_HOME": str(tmp_path / "state")}
-    for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "MPLCONFIGDIR", "SCIKIT_LEARN_DATA"):
-        env.pop(inherited, None)
+    env = clean_env(tmp_path)
     server_port, scheduler_port = free_port(), free_port()
     cli = str(BIN / "collapselab")
     subprocess.run(

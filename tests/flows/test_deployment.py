@@ -15,17 +15,11 @@ import pytest
 import yaml
 
 from collapselab.store import Store
+from tests.flows.processes import BIN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: int = 300) -> str:

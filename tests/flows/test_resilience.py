@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,17 +14,9 @@ import pytest
 import yaml
 
 from collapselab.store import Store, StoreBusy, StoreMissing
-
-CLI = str(Path(sys.executable).with_name("collapselab"))
+from tests.flows.processes import CLI, clean_env
 
 pytestmark = pytest.mark.slow
-
-
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "COLLAPSELAB_HOME": str(tmp_path / "state")}
-    for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "MPLCONFIGDIR", "SCIKIT_LEARN_DATA"):
-        env.pop(inherited, None)
-    return env
 
 
 def slow_study(tmp_path: Path) -> Path:

@@ -1,0 +1,26 @@
+"""What the tests that start real processes share: the venv's commands, a free port, and an
+environment that points every piece of state into the test's own folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "collapselab")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """The user's environment with CollapseLab's state under `tmp_path` and no Prefect server."""
+    env = {**os.environ, "COLLAPSELAB_HOME": str(tmp_path / "state")}
+    for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "MPLCONFIGDIR", "SCIKIT_LEARN_DATA"):
+        env.pop(inherited, None)
+    return env
