@@ -2,6 +2,17 @@
 
 Pure computation: a `RunSpec` in, a `RunOutcome` out (no I/O, no orchestration). A degenerate fit
 ends the chain as `collapsed` (a deterministic result); any other exception marks it `failed`.
+
+Provenance: for each generation t the chain also records the composition of model t's training
+set by origin (-1 real, k >= 0 synthetic from model k), as (generation, origin, points) rows with
+non-zero counts. Under `accumulate` that is O(G^2) rows a run (2 million for G = 2000), so a run of
+more than `PROVENANCE_EXACT_GENERATIONS` (200) generations is summarised on both axes:
+- origins are bucketed into at most `PROVENANCE_BUCKETS` (50) groups of `provenance_bucket_width(G)`
+  consecutive generations; a row's `origin` is the FIRST generation of its bucket, and its points
+  come from models origin .. origin + width - 1. Real data (-1) is never bucketed;
+- only generations 0, G/50, 2G/50, ..., G (rounded; at most 51) are recorded.
+That bounds a run at 51 x 51 rows whatever G, and every recorded generation's counts still sum to
+its training-set size. Runs of at most 200 generations are recorded exactly, every generation.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import polars as pl
 from collapselab import __version__
 from collapselab.config import RunSpec
 from collapselab.models import Degenerate, RunContext, build_model
-from collapselab.strategies import History, TrainingSet, build_strategy
+from collapselab.strategies import REAL, History, TrainingSet, build_strategy
 
 COMPLETED, COLLAPSED, FAILED = "completed", "collapsed", "failed"
 
@@ -57,6 +68,8 @@ class RunOutcome:
     value: list[float] = field(default_factory=list)
     #: (generation, kind, items) of samples kept for the report at a few generations
     examples: list[tuple[int, str, list]] = field(default_factory=list)
+    #: (generation, origin, points): composition of model `generation`'s training set (see above)
+    provenance: list[tuple[int, int, int]] = field(default_factory=list)
 
     def record(self, generation: int, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -72,6 +85,43 @@ class RunOutcome:
 def example_generations(generations: int, count: int = 6) -> set[int]:
     """Generations whose samples are kept for the report: 0, G and evenly between."""
     return {round(i * generations / (count - 1)) for i in range(count)}
+
+
+PROVENANCE_EXACT_GENERATIONS = 200
+PROVENANCE_BUCKETS = 50
+
+
+def provenance_bucket_width(generations: int) -> int:
+    """Consecutive origins summed into one provenance row: 1 (exact) up to 200 generations, else
+    ceil(G / 50), so synthetic origins 0..G-1 fall into at most 50 buckets."""
+    if generations <= PROVENANCE_EXACT_GENERATIONS:
+        return 1
+    return math.ceil(generations / PROVENANCE_BUCKETS)
+
+
+def provenance_generations(generations: int) -> set[int]:
+    """Generations whose training-set composition is recorded: all up to 200 generations, else
+    0, G/50, ..., G (rounded), so a long run keeps a bounded, evenly spread record."""
+    if generations <= PROVENANCE_EXACT_GENERATIONS:
+        return set(range(generations + 1))
+    return {round(i * generations / PROVENANCE_BUCKETS) for i in range(PROVENANCE_BUCKETS + 1)}
+
+
+def composition(origin: np.ndarray, *, bucket_width: int = 1) -> list[tuple[int, int]]:
+    """(origin, points) of a training set's origins with non-zero counts, real (-1) first, then
+    synthetic origins in increasing order, each bucketed to the first generation of its bucket.
+    A bincount, not a sort: linear in the training set even when it holds millions of points."""
+    shifted = np.array(origin, dtype=np.intp)  # one copy, shifted in place: real -1 -> 0
+    shifted += 1
+    counts = np.bincount(shifted)
+    rows = [(REAL, int(counts[0]))] if counts.size and counts[0] else []
+    synthetic = counts[1:]
+    if bucket_width > 1:
+        synthetic = np.bincount(
+            np.arange(synthetic.size) // bucket_width, weights=synthetic
+        ).astype(np.int64)
+    rows += [(int(k) * bucket_width, int(synthetic[k])) for k in np.flatnonzero(synthetic)]
+    return rows
 
 
 def _generation_metrics(
@@ -98,13 +148,21 @@ def run_chain(spec: RunSpec) -> RunOutcome:
         # separate streams: Monte Carlo metrics and examples never change the chain's own draws
         rng, example_rng = (np.random.default_rng(s) for s in spec.chain_seed().spawn(2))
         metric_rng = np.random.default_rng(spec.metric_seed())
-        keep_examples = example_generations(spec.generations)
+        # the report shows the first replicate: keeping the others' samples would only take space
+        keep_examples = example_generations(spec.generations) if spec.replicate == 0 else set()
+        keep_provenance = provenance_generations(spec.generations)
+        bucket_width = provenance_bucket_width(spec.generations)
         train = history.r0
         for t in range(spec.generations + 1):
             if t > 0:
                 train = strategy.training_set(t, history, rng)
             model = build_model(spec.model, context).fit(train.data)
             outcome.record(t, _generation_metrics(model, train, stream.test, metric_rng))
+            if t in keep_provenance:
+                outcome.provenance.extend(
+                    (t, origin, points)
+                    for origin, points in composition(train.origin, bucket_width=bucket_width)
+                )
             if t in keep_examples and (shown := model.examples(rng=example_rng)) is not None:
                 outcome.examples.append((t, *shown))
             if t < spec.generations:
@@ -169,6 +227,12 @@ SAMPLE_COLUMNS = {
     "generation": pl.Int64,
     "kind": pl.String,
     "items": pl.String,
+}
+PROVENANCE_COLUMNS = {
+    "run_id": pl.String,
+    "generation": pl.Int64,
+    "origin": pl.Int64,
+    "points": pl.Int64,
 }
 
 
@@ -235,4 +299,17 @@ def outcomes_to_samples(outcomes: list[RunOutcome]) -> pl.DataFrame:
             for g, kind, items in o.examples
         ],
         schema=SAMPLE_COLUMNS,
+    )
+
+
+def outcomes_to_provenance(outcomes: list[RunOutcome]) -> pl.DataFrame:
+    """One row per (run, generation, origin) with points > 0: who made each training set."""
+    return pl.DataFrame(
+        {
+            "run_id": [o.spec.run_id for o in outcomes for _ in o.provenance],
+            "generation": [g for o in outcomes for g, _, _ in o.provenance],
+            "origin": [k for o in outcomes for _, k, _ in o.provenance],
+            "points": [c for o in outcomes for _, _, c in o.provenance],
+        },
+        schema=PROVENANCE_COLUMNS,
     )

@@ -23,10 +23,12 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from collapselab.models import FAMILIES, build_model
+from collapselab.onset import Threshold, threshold_from_mapping, thresholds_from_config
 from collapselab.strategies import STRATEGIES, build_strategy
 
 ModelParams = Annotated[
@@ -51,6 +53,32 @@ class StudyError(ValueError):
     """A study that cannot run: one line naming the field and what is allowed."""
 
 
+class CollapseThreshold(BaseModel):
+    """A collapse indicator in a study file: `{metric, below|above: value, relative}`; with
+    `relative: true` the value is a factor of the run's generation-0 value (collapselab.onset)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str
+    below: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    above: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    relative: bool = False
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> CollapseThreshold:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of `below` or `above`")
+        value = self.below if self.below is not None else self.above
+        if self.relative and value is not None and value <= 0:
+            raise ValueError(
+                f"a relative threshold is a factor of generation 0's value: > 0, got {value}"
+            )
+        return self
+
+    def threshold(self) -> Threshold:
+        return threshold_from_mapping(self.model_dump())
+
+
 class StudyConfig(BaseModel):
     """A study file. `generations: G` means models 0..G; model 0 trains on n real points."""
 
@@ -66,6 +94,27 @@ class StudyConfig(BaseModel):
     test_size: PositiveInt = 1000
     models: list[ModelParams] = Field(min_length=1)
     strategies: list[StrategyParams] = Field(min_length=1)
+    #: Collapse indicators per family, replacing that family's defaults (collapselab.onset).
+    #: An analysis setting, not a run parameter: it is in no RunSpec, so no run id or seed moves.
+    collapse_thresholds: dict[str, list[CollapseThreshold]] = Field(default_factory=dict)
+
+    @field_validator("collapse_thresholds")
+    @classmethod
+    def _check_thresholds(
+        cls, value: dict[str, list[CollapseThreshold]]
+    ) -> dict[str, list[CollapseThreshold]]:
+        for family, entries in value.items():
+            if family not in FAMILIES:
+                allowed = ", ".join(sorted(FAMILIES))
+                raise ValueError(f"unknown family {family!r}; allowed: {allowed}")
+            names = FAMILIES[family].metric_names
+            for i, entry in enumerate(entries):
+                if entry.metric not in names:
+                    raise ValueError(
+                        f"{family}[{i}].metric {entry.metric!r} is not a {family} metric; "
+                        f"allowed: {', '.join(names)}"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _check_grid(self) -> StudyConfig:
@@ -91,6 +140,10 @@ class StudyConfig(BaseModel):
                         f"after holding out test_size={self.test_size}"
                     )
         return self
+
+    def onset_thresholds(self) -> dict[str, list[Threshold]]:
+        """Every family's collapse indicators: the defaults with this study's overrides."""
+        return thresholds_from_config(self.model_dump(mode="json"))
 
     def run_specs(self) -> list[RunSpec]:
         """Every run of the study: models x strategies x replicates."""
@@ -169,6 +222,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         fields = dict(FAMILIES[loc[2]].Params.model_fields)
     elif len(loc) >= 3 and loc[0] == "strategies" and loc[2] in STRATEGIES:
         fields = dict(STRATEGIES[loc[2]].Params.model_fields)
+    elif len(loc) >= 4 and loc[0] == "collapse_thresholds":
+        fields = dict(CollapseThreshold.model_fields)
     return sorted(fields)
 
 

@@ -28,6 +28,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from collapselab.chain import COLLAPSED, COMPLETED, FAILED, RUN_COLUMNS
+from collapselab.onset import (
+    HORIZON,
+    WINDOW,
+    Threshold,
+    onset_by_run,
+    onset_table,
+    thresholds_frame,
+)
+from collapselab.theory import describe_reference, max_deviation_in_se, reference_curve
 
 matplotlib.use("Agg")  # reports render in headless workers; must precede the pyplot import
 
@@ -307,10 +316,13 @@ def render_report(
     generated_at: str,
     samples: pl.DataFrame | None = None,
     expected_runs: int | None = None,
+    thresholds: dict[str, list[Threshold]] | None = None,
 ) -> str:
     """Return one self-contained HTML page. `samples` (optional): the store's kept samples
     (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list).
-    `expected_runs` (optional): the size of the study's grid, to say how many runs are missing."""
+    `expected_runs` (optional): the size of the study's grid, to say how many runs are missing.
+    `thresholds` (optional): collapse indicators per family, for the "generations until collapse"
+    section (collapselab.onset)."""
     if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
         runs = pl.DataFrame(schema=RUN_COLUMNS)
     if tidy.is_empty():
@@ -330,6 +342,9 @@ def render_report(
             labels=labels,
             palette=palette,
             samples=None if samples is None else samples.filter(pl.col("model") == model),
+            run_params=runs.filter(pl.col("model") == model)
+            .unique("strategy_label", keep="first")
+            .select("strategy_label", "params"),
         )
         for index, (family, model) in enumerate(model_keys, start=1)
     ]
@@ -339,6 +354,7 @@ def render_report(
         generated_at=generated_at,
         code_versions=sorted(runs["code_version"].drop_nulls().unique().to_list()),
         status_counts=_status_counts(runs),
+        onset=_onset_section(tidy, runs, thresholds),
         total_runs=runs.height,
         pending_runs=None if expected_runs is None else max(expected_runs - runs.height, 0),
         collapsed=_collapsed_summary(runs),
@@ -444,10 +460,12 @@ def _model_section(
     labels: list[str],
     palette: dict[str, str],
     samples: pl.DataFrame | None = None,
+    run_params: pl.DataFrame | None = None,
 ) -> ModelSection:
     metrics = _metric_order(frame["metric"].unique().to_list())
     present = set(frame["strategy_label"].unique().to_list())
     section_labels = [label for label in labels if label in present]
+    curves = _reference_curves(frame, run_params)
     figures = [
         _metric_figure(
             frame.filter(pl.col("metric") == metric),
@@ -456,6 +474,7 @@ def _model_section(
             model=model,
             labels=section_labels,
             palette=palette,
+            references=[r for r in curves if r.metric == metric],
         )
         for index, metric in enumerate(metrics, start=1)
     ]
@@ -472,6 +491,63 @@ def _model_section(
         any_infinite_final=any("∞" in cell for row in final_rows for cell in row.cells),
         gallery=_gallery(samples, anchor=f"{anchor}-samples", model=model, labels=section_labels),
     )
+
+
+# --- collapse onset -----------------------------------------------------------------------------
+
+
+def _onset_section(
+    tidy: pl.DataFrame, runs: pl.DataFrame, thresholds: dict[str, list[Threshold]] | None
+) -> dict[str, object] | None:
+    """Per model, strategies ranked by median onset, with the early-warning figures."""
+    if thresholds is None or tidy.is_empty() or runs.is_empty():
+        return None
+    onsets = onset_by_run(tidy, runs, thresholds)
+    if onsets.is_empty():
+        return None
+    table = onset_table(onsets)
+    warnings = onsets.group_by("model", "strategy_label").agg(
+        warning=pl.col("warning").cast(pl.Float64).median()
+    )
+    table = table.join(warnings, on=["model", "strategy_label"], how="left")
+    present = set(onsets["family"].to_list())
+    rules = [
+        (family, ", ".join(rows["rule"].to_list()))
+        for (family,), rows in thresholds_frame(thresholds)
+        .filter(pl.col("family").is_in(list(present)))
+        .group_by("family", maintain_order=True)
+    ]
+
+    def number(value: object) -> str:
+        return (
+            "—"
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else (f"{value:g}")
+        )
+
+    models = [
+        {
+            "model": model,
+            "rows": [
+                {
+                    "rank": row["rank"],
+                    "strategy": row["strategy_label"],
+                    "median": row["median_label"],
+                    "range": "—"
+                    if row["min_onset"] is None
+                    else _span(row["min_onset"], row["max_onset"]),
+                    "collapsed": f"{row['collapsed_runs']} of {row['runs']}",
+                    "warned": row["warned_runs"],
+                    "warning": number(row["warning"]),
+                    "lead": number(row["median_lead"]),
+                    "false_alarms": row["false_alarms"],
+                }
+                for row in rows.sort("rank", "strategy_label").iter_rows(named=True)
+            ],
+        }
+        for (model,), rows in table.group_by("model", maintain_order=True)
+    ]
+    return {"models": models, "rules": rules, "window": WINDOW, "horizon": HORIZON}
 
 
 # --- sample galleries -------------------------------------------------------------------------
@@ -763,6 +839,58 @@ def _y_scale(info: MetricInfo, finite_values: pl.Series) -> Literal["linear", "l
     return "linear"
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A closed form drawn over one strategy's simulated line, and how far the simulation is."""
+
+    strategy_label: str
+    metric: str
+    generations: np.ndarray
+    expected: np.ndarray
+    description: str
+    max_deviation_se: float
+
+
+def _reference_curves(frame: pl.DataFrame, run_params: pl.DataFrame | None) -> list[Reference]:
+    """Closed forms (collapselab.theory) that match a strategy's parameters, per metric."""
+    if run_params is None or run_params.is_empty() or frame.is_empty():
+        return []
+    references = []
+    for label, params_json in run_params.iter_rows():
+        params = json.loads(params_json)
+        generations = np.arange(int(params["generations"]) + 1)
+        curves = reference_curve(
+            model=params["model"],
+            strategy=params["strategy"],
+            n=int(params["n"]),
+            generations=generations,
+        )
+        for metric, expected in curves.items():
+            observed = frame.filter(
+                (pl.col("strategy_label") == label) & (pl.col("metric") == metric)
+            ).select("generation", "value")
+            if observed.is_empty():
+                continue
+            references.append(
+                Reference(
+                    strategy_label=label,
+                    metric=metric,
+                    generations=generations,
+                    expected=np.asarray(expected, dtype=float),
+                    description=describe_reference(
+                        model=params["model"],
+                        strategy=params["strategy"],
+                        n=int(params["n"]),
+                        metric=metric,
+                    ),
+                    max_deviation_se=max_deviation_in_se(
+                        observed, np.asarray(expected, dtype=float), generations=generations
+                    ),
+                )
+            )
+    return references
+
+
 def _metric_figure(
     frame: pl.DataFrame,
     *,
@@ -771,6 +899,7 @@ def _metric_figure(
     model: str,
     labels: list[str],
     palette: dict[str, str],
+    references: list[Reference] | None = None,
 ) -> FigureBlock:
     """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG."""
     info = describe_metric(metric)
@@ -785,6 +914,15 @@ def _metric_figure(
         figure, axes = plt.subplots(figsize=FIGURE_SIZE_IN, layout="constrained")
         try:
             _draw_lines(figure, axes, finite, info=info, scale=scale, drawn=drawn, palette=palette)
+            for reference in references or []:
+                axes.plot(
+                    reference.generations,
+                    reference.expected,
+                    linestyle="--",
+                    linewidth=1.3,
+                    color=palette[reference.strategy_label],
+                    zorder=3,
+                )
             svg = _inline_svg(figure, anchor=anchor, alt=_alt_text(finite, info, model, scale))
         finally:
             plt.close(figure)
@@ -792,8 +930,19 @@ def _metric_figure(
         anchor=anchor,
         title=info.title,
         svg=svg,
-        caption=_caption(info, scale, total, infinite, step, generations),
+        caption=_caption(info, scale, total, infinite, step, generations)
+        + "".join(_reference_caption(r) for r in references or []),
     )
+
+
+def _reference_caption(reference: Reference) -> str:
+    deviation = (
+        ""
+        if math.isnan(reference.max_deviation_se)
+        else f"; largest deviation of the simulation {reference.max_deviation_se:.1f} standard "
+        "errors"
+    )
+    return f" Dashed, {reference.strategy_label}: closed form {reference.description}{deviation}."
 
 
 def _thin_generations(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -4,6 +4,8 @@ Only the process that runs a study's flow writes, and it holds the file only whi
 batch, so other processes can read between ingests. A run's metrics and its status land in one
 transaction as idempotent upserts keyed on (run_id) and (run_id, generation, metric): ingesting
 the same run twice leaves one copy, and a crash mid-ingest leaves the previous state intact.
+A run's kept samples and training-set provenance (see collapselab.chain) land in that same
+transaction, replacing whatever the run had before.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ import polars as pl
 
 DONE_STATUSES = ("completed", "collapsed")
 SAMPLE_SCHEMA = {"run_id": pl.String, "generation": pl.Int64, "kind": pl.String, "items": pl.String}
+PROVENANCE_SCHEMA = {
+    "run_id": pl.String,
+    "generation": pl.Int64,
+    "origin": pl.Int64,
+    "points": pl.Int64,
+}
+PROVENANCE_READ_SCHEMA = {
+    "run_id": pl.String,
+    "family": pl.String,
+    "model": pl.String,
+    "strategy_label": pl.String,
+    "replicate": pl.Int64,
+    "generation": pl.Int64,
+    "origin": pl.Int64,
+    "points": pl.Int64,
+}
+TABLES = ("studies", "runs", "metrics", "samples", "provenance")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -62,11 +81,23 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS samples (
     run_id      VARCHAR NOT NULL,
     generation  BIGINT NOT NULL,
-    kind        VARCHAR NOT NULL,   -- text | image
+    kind        VARCHAR NOT NULL,   -- text | image | density | ranks
     items       JSON NOT NULL,      -- a few samples of model `generation`, for the report
     PRIMARY KEY (run_id, generation)
 );
+CREATE TABLE IF NOT EXISTS provenance (
+    run_id      VARCHAR NOT NULL,
+    generation  BIGINT NOT NULL,    -- model t whose training set this describes
+    origin      BIGINT NOT NULL CHECK (origin >= -1),  -- -1 real, k sampled from model k
+    points      BIGINT NOT NULL CHECK (points > 0),
+    PRIMARY KEY (run_id, generation, origin)
+);
 """
+
+
+def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Tables of an open file: one written by an older version may lack the newer ones."""
+    return {name for (name,) in con.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
 class StoreBusy(RuntimeError):
@@ -151,19 +182,30 @@ class Store:
             )
 
     def ingest(
-        self, runs: pl.DataFrame, metrics: pl.DataFrame, samples: pl.DataFrame | None = None
+        self,
+        runs: pl.DataFrame,
+        metrics: pl.DataFrame,
+        samples: pl.DataFrame | None = None,
+        provenance: pl.DataFrame | None = None,
     ) -> None:
-        """Upsert runs and replace their metrics and samples, all in one transaction."""
+        """Upsert runs and replace their metrics, samples and provenance, all in one transaction.
+
+        A run's rows are replaced as a whole: `samples` or `provenance` left as None leaves the
+        ingested runs with none, so the database always holds one consistent result per run."""
         if runs.is_empty():
             return
         samples = samples if samples is not None else pl.DataFrame(schema=SAMPLE_SCHEMA)
+        provenance = (
+            provenance if provenance is not None else pl.DataFrame(schema=PROVENANCE_SCHEMA)
+        )
         with self._connect(read_only=False) as con:
             con.register("incoming_runs", runs.to_arrow())
             con.register("incoming_metrics", metrics.to_arrow())
             con.register("incoming_samples", samples.to_arrow())
+            con.register("incoming_provenance", provenance.to_arrow())
             con.begin()
             try:
-                for table in ("metrics", "samples"):
+                for table in ("metrics", "samples", "provenance"):
                     con.execute(
                         f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM incoming_runs)"
                     )
@@ -173,6 +215,9 @@ class Store:
                     "SELECT * FROM incoming_metrics WHERE NOT isnan(value)"
                 )
                 con.execute("INSERT OR REPLACE INTO samples BY NAME SELECT * FROM incoming_samples")
+                con.execute(
+                    "INSERT OR REPLACE INTO provenance BY NAME SELECT * FROM incoming_provenance"
+                )
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -214,7 +259,8 @@ class Store:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         with self._connect(read_only=True) as con:
-            for table in ("studies", "runs", "metrics", "samples"):
+            present = _table_names(con)
+            for table in (t for t in TABLES if t in present):  # older files lack provenance
                 target = out / f"{table}.{file_format}"
                 escaped = str(target).replace("'", "''")
                 con.execute(f"COPY {table} TO '{escaped}' (FORMAT {file_format})")
@@ -253,6 +299,26 @@ class Store:
             """,
             [study],
         )
+
+    def provenance(self, study: str) -> pl.DataFrame:
+        """Composition of every stored training set by origin, with run labels: run_id, family,
+        model, strategy_label, replicate, generation, origin (-1 real, k synthetic from model k;
+        for runs of more than 200 generations the first model of a bucket of
+        `collapselab.chain.provenance_bucket_width(G)` models), points. Empty for a database
+        written before provenance was recorded."""
+        with self._connect(read_only=True) as con:
+            if "provenance" not in _table_names(con):
+                return pl.DataFrame(schema=PROVENANCE_READ_SCHEMA)
+            return con.sql(
+                """
+                SELECT p.run_id, r.family, r.model, r.strategy_label, r.replicate, p.generation,
+                       p.origin, p.points
+                FROM provenance p JOIN runs r USING (run_id)
+                WHERE r.study = ?
+                ORDER BY r.model, r.strategy_label, r.replicate, p.generation, p.origin
+                """,
+                params=[study],
+            ).pl()
 
     def final_metrics(self, study: str) -> pl.DataFrame:
         """Mean of each metric at the last generation each run reached, by model and strategy

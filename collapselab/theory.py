@@ -1,11 +1,19 @@
 """Closed forms from ../shared/literature.md: reference curves and statistical-test targets.
 
 Convention: model t has been fitted t + 1 times (model 0 on real data). n = points per fit.
+`reference_curve` maps a run's parameters to the closed forms that hold for it exactly; the report
+draws them and `collapselab validate` (collapselab/validate.py) tests the simulation against them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+import polars as pl
 
 
 def gaussian_mle_variance_ratio(t: np.ndarray | int, n: int) -> np.ndarray:
@@ -55,3 +63,196 @@ def kde_train_variance(t: np.ndarray | int, n: int, bandwidth: float, v0: float)
     (item 5: v_{t+1} = (1 - 1/n)(v_t + h^2) in expectation; the limit is (n - 1) h^2)."""
     limit = (n - 1) * bandwidth**2
     return limit + (v0 - limit) * (1.0 - 1.0 / n) ** np.asarray(t, dtype=float)
+
+
+# --- reference curves for a run's parameters ----------------------------------------------------
+#
+# The report draws these under the simulated curves and `collapselab validate` tests the
+# simulation against them. Parameters arrive as the JSON dicts a run stores (`RunSpec.model_dump(
+# mode="json")["model"]` / `["strategy"]`), so the report needs nothing but the runs table.
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """One closed form for one metric: its curve over generations and a caption."""
+
+    metric: str
+    description: str
+    curve: Callable[[np.ndarray], np.ndarray]
+
+
+def _replace_like(strategy: dict[str, Any]) -> bool:
+    """`replace`, or a real-data strategy at fraction 0, which builds exactly S_{t-1}."""
+    name = strategy.get("name")
+    if name == "replace":
+        return True
+    return name in ("fixed-fraction", "fresh-data") and strategy.get("real_fraction") == 0
+
+
+def _family_params(model: dict[str, Any]) -> Any | None:
+    """The family's validated parameters (defaults filled in), or None if not a known family."""
+    from collapselab.models import FAMILIES  # lazy: theory stays importable on its own
+
+    family = FAMILIES.get(str(model.get("family")))
+    if family is None:
+        return None
+    try:
+        return family.Params.model_validate(model)
+    except ValueError:  # pydantic's ValidationError: not a valid set of parameters
+        return None
+
+
+def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list[_Reference]:
+    """Every closed form of ../shared/literature.md that covers these parameters exactly."""
+    if strategy.get("temperature", 1.0) != 1.0 or n < 2:
+        return []
+    params = _family_params(model)
+    if params is None:
+        return []
+    family, replace = params.family, _replace_like(strategy)
+    if family == "gaussian" and replace:
+        if params.estimator == "mle":
+            return [
+                _Reference(
+                    "variance_ratio",
+                    f"E[variance ratio] = (1 - 1/n)^(t+1), n = {n}",
+                    lambda t: gaussian_mle_variance_ratio(t, n),
+                )
+            ]
+        cov = np.eye(params.dim) if params.cov is None else np.asarray(params.cov, dtype=float)
+        trace = float(np.trace(cov))
+        return [
+            _Reference(
+                "variance_ratio",
+                "E[variance ratio] = 1 (a martingale)",
+                lambda t: gaussian_unbiased_variance_ratio(t, n),
+            ),
+            _Reference(
+                "mean_sq_error",
+                f"E[mean sq. error] = tr(Sigma) (t+1)/n, tr(Sigma) = {trace:g}, n = {n}",
+                lambda t: gaussian_unbiased_mean_sq_error(t, n, trace),
+            ),
+        ]
+    if family == "linear-regression" and n >= params.dim + 2:
+        d, noise = params.dim, params.noise_var
+        where = f"sigma^2 = {noise:g}, d = {d}, T = {n}"
+        if replace:
+            return [
+                _Reference(
+                    "weight_sq_error",
+                    f"E[weight sq. error] = sigma^2 d (t+1)/(T - d - 1), {where}",
+                    lambda t: regression_replace_weight_sq_error(t, n, d, noise),
+                )
+            ]
+        if strategy.get("name") == "accumulate":
+            return [
+                _Reference(
+                    "weight_sq_error",
+                    f"E[weight sq. error] = sigma^2 d/(T - d - 1) sum_(i<=t+1) 1/i^2, {where}",
+                    lambda t: regression_accumulate_weight_sq_error(t, n, d, noise),
+                )
+            ]
+    if family == "categorical" and replace and params.smoothing == 0:
+        from collapselab.models.categorical import english_vocabulary  # lazy: loads wordfreq
+
+        truth = english_vocabulary(params.vocab_size)[1]
+        truth_gs = float(1.0 - truth @ truth)
+        return [
+            _Reference(
+                "gini_simpson",
+                f"E[Gini-Simpson] = GS(truth) (1 - 1/n)^(t+1), GS(truth) = {truth_gs:.4f}, n = {n}",
+                lambda t: categorical_gini_simpson(t, n, truth_gs),
+            )
+        ]
+    if family == "kde" and replace and not isinstance(params.bandwidth, str):
+        h = float(params.bandwidth)
+        centres = np.asarray(params.centers, dtype=float)
+        spread = np.sum((centres - centres.mean(axis=0)) ** 2, axis=1).mean() / centres.shape[1]
+        # R0's ML variance per dimension: (1 - 1/n) times the truth mixture's
+        v0 = (1.0 - 1.0 / n) * (params.cluster_std**2 + float(spread))
+        return [
+            _Reference(
+                "train_variance",
+                f"E[train variance] -> (n - 1) h^2 = {(n - 1) * h * h:g} by (1 - 1/n) a "
+                f"generation from {v0:.3g}, n = {n}, h = {h:g}",
+                lambda t: kde_train_variance(t, n, h, v0),
+            )
+        ]
+    return []
+
+
+def reference_curve(
+    *, model: dict[str, Any], strategy: dict[str, Any], n: int, generations: np.ndarray
+) -> dict[str, np.ndarray]:
+    """{metric: expected value at each of `generations`} for every metric with an exact closed
+    form under these parameters; {} when none applies (temperature other than 1, a strategy or a
+    family the literature has no law for). `model` / `strategy` are a run's stored JSON dicts."""
+    t = np.asarray(generations, dtype=int)
+    return {
+        ref.metric: np.asarray(ref.curve(t), dtype=float) if t.size else np.empty(0)
+        for ref in _references(model, strategy, n)
+    }
+
+
+def describe_reference(
+    *, model: dict[str, Any], strategy: dict[str, Any], n: int, metric: str
+) -> str:
+    """A one-line caption for `metric`'s reference curve (formula and its constants), or "" when
+    `reference_curve` has none for it."""
+    return next(
+        (ref.description for ref in _references(model, strategy, n) if ref.metric == metric), ""
+    )
+
+
+def value_after_collapse(*, model: dict[str, Any], metric: str) -> float | None:
+    """The value `metric` keeps for ever once a chain has collapsed, when its closed form averages
+    over collapsed chains too: a categorical chain left with one word sits in Wright-Fisher's
+    absorbing state, Gini-Simpson 0. None: collapsed chains are outside the law (drop them)."""
+    if model.get("family") == "categorical" and metric == "gini_simpson":
+        return 0.0
+    return None
+
+
+def deviation_table(
+    observed: pl.DataFrame, expected: np.ndarray, *, generations: np.ndarray | None = None
+) -> pl.DataFrame:
+    """Per generation: count, mean, Monte Carlo standard error sd/sqrt(count), prediction and
+    z = (mean - prediction) / se, for the generations where a z-score means something (at least
+    two finite values, sd > 0, a prediction). `observed` has columns generation and value (one row
+    per replicate); `expected[i]` is the prediction at `generations[i]` (default: generation i)."""
+    expected = np.asarray(expected, dtype=float)
+    keys = np.arange(expected.size) if generations is None else np.asarray(generations, dtype=int)
+    if keys.shape != expected.shape:
+        raise ValueError(f"{expected.size} predictions for {keys.size} generations")
+    predictions = pl.DataFrame(
+        {"generation": keys, "prediction": expected},
+        schema={"generation": pl.Int64, "prediction": pl.Float64},
+    ).filter(pl.col("prediction").is_finite())
+    summary = (
+        observed.select(pl.col("generation").cast(pl.Int64), pl.col("value").cast(pl.Float64))
+        .filter(pl.col("value").is_finite())
+        .group_by("generation")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std().alias("sd"),
+        )
+        .filter((pl.col("count") >= 2) & (pl.col("sd") > 0))
+    )
+    return (
+        summary.join(predictions, on="generation", how="inner")
+        .with_columns(se=pl.col("sd") / pl.col("count").sqrt())
+        .with_columns(z=(pl.col("mean") - pl.col("prediction")) / pl.col("se"))
+        .select("generation", "count", "mean", "se", "prediction", "z")
+        .sort("generation")
+    )
+
+
+def max_deviation_in_se(
+    observed: pl.DataFrame, expected: np.ndarray, *, generations: np.ndarray | None = None
+) -> float:
+    """max over generations of |mean - expected| / (sd / sqrt(count)), over the generations of
+    `deviation_table` (count >= 2, sd > 0; non-finite values ignored). NaN only when no generation
+    qualifies, so a caption can say "largest deviation: 1.8 SE" or nothing."""
+    z = deviation_table(observed, expected, generations=generations)["z"]
+    return float(z.abs().max()) if z.len() else math.nan

@@ -241,6 +241,58 @@ def server_status() -> None:
     console.print(f"running (PID {record['pid']}): UI {record['ui']}", highlight=False)
 
 
+@app.command()
+def validate(
+    study: Annotated[
+        Path, typer.Argument(help="Study YAML file whose closed-form cases to check.")
+    ] = Path("studies/validate.yaml"),
+    z_max: Annotated[
+        float, typer.Option(min=0, help="A case fails when |z| reaches this at any generation.")
+    ] = 4.0,
+) -> None:
+    """Run STUDY's closed-form cases here (no Prefect, nothing stored) and test each against the
+    literature's formula; exit 0 if every case passes, 1 otherwise."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from collapselab.config import RunSpec
+    from collapselab.validate import references, table_rows, validate_study
+
+    try:
+        config, _ = load_study(study)
+    except StudyError as exc:
+        _fail(str(exc))
+    with console.status("starting", spinner="line") as spinner:
+
+        def progress(done: int, total: int, spec: RunSpec) -> None:
+            spinner.update(
+                escape(f"runs {done}/{total}: {spec.model.label()} under {spec.strategy.label()}")
+            )
+
+        frame = validate_study(config, z_max=z_max, progress=progress)
+    if frame.is_empty():
+        _fail(f"{study}: no model x strategy of this study has a closed form to check")
+    headers, cells = table_rows(frame)
+    table = Table(title=f"{config.name}: closed forms vs simulation (|z| < {z_max:g})")
+    for header in headers:
+        numeric = header not in ("model", "strategy", "metric", "result")
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for row in cells:
+        style = "green" if row[-1] == "pass" else "bold red"
+        table.add_row(*(escape(cell) for cell in row[:-1]), f"[{style}]{row[-1]}[/]")
+    out = Console()
+    if not out.is_terminal:  # piped or captured: one line per case rather than 80 columns
+        out = Console(width=200)
+    out.print(table)
+    for metric, reference in references(frame):
+        out.print(f"  {metric}: {reference}", highlight=False, markup=False)
+    passed = int(frame["passed"].sum())
+    verdict = "all pass" if passed == frame.height else f"{frame.height - passed} FAIL"
+    out.print(f"{passed}/{frame.height} closed-form cases pass: {verdict}", highlight=False)
+    if passed < frame.height:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -190,12 +190,12 @@ def _run_and_ingest(
             batch = next(b for f, b in in_flight if f is finished)
             in_flight = [(f, b) for f, b in in_flight if f is not finished]
             try:
-                runs, metrics, samples = finished.result()
+                runs, metrics, samples, provenance = finished.result()
             except Exception as exc:  # the task crashed after its retries: leave its runs pending
                 statuses["crashed_batches"] += 1
                 logger.error("task %s crashed: %r", _batch_label(batch), exc)
                 continue
-            ingest(db, runs, metrics, samples, _batch_label(batch))
+            ingest(db, runs, metrics, samples, _batch_label(batch), provenance=provenance)
             statuses.update(runs["status"].to_list())
             progress.advance(bar, len(batch))
     return statuses

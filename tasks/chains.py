@@ -6,7 +6,12 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from collapselab.chain import outcomes_to_frames, outcomes_to_samples, run_many
+from collapselab.chain import (
+    outcomes_to_frames,
+    outcomes_to_provenance,
+    outcomes_to_samples,
+    run_many,
+)
 from collapselab.config import RunSpec
 from collapselab.store import Store
 
@@ -18,16 +23,28 @@ from collapselab.store import Store
     retry_delay_seconds=[2, 10],  # transient infrastructure failures; a run's own errors are rows
     cache_policy=NO_CACHE,  # the database, not Prefect's cache, says what is done
 )
-def run_chains(specs: list[RunSpec], label: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Run every chain of the batch; return their `runs`, `metrics` and `samples` rows."""
+def run_chains(
+    specs: list[RunSpec], label: str
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Run every chain of the batch; return their `runs`, `metrics`, `samples` and `provenance`
+    rows."""
     outcomes = run_many(specs)
-    return (*outcomes_to_frames(outcomes), outcomes_to_samples(outcomes))
+    return (
+        *outcomes_to_frames(outcomes),
+        outcomes_to_samples(outcomes),
+        outcomes_to_provenance(outcomes),
+    )
 
 
 @task(name="ingest", task_run_name="ingest {label}", cache_policy=NO_CACHE)
 def ingest(
-    db: str, runs: pl.DataFrame, metrics: pl.DataFrame, samples: pl.DataFrame, label: str
+    db: str,
+    runs: pl.DataFrame,
+    metrics: pl.DataFrame,
+    samples: pl.DataFrame,
+    label: str,
+    provenance: pl.DataFrame | None = None,
 ) -> int:
     """Upsert a batch's rows in one transaction; runs in the flow process, the only writer."""
-    Store(db).ingest(runs, metrics, samples)
+    Store(db).ingest(runs, metrics, samples, provenance)
     return runs.height

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from collapselab.onset import thresholds_from_config
 from collapselab.report import render_report
 from collapselab.store import Store
 
@@ -19,14 +21,17 @@ from collapselab.store import Store
 def render_study_report(db: str, study: str, out_dir: str) -> str:
     """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path."""
     store = Store(db)
-    recorded = store.studies().filter(pl.col("name") == study)["n_runs"].to_list()
+    recorded = store.studies().filter(pl.col("name") == study)
     html = render_report(
         study=study,
         tidy=store.tidy(study),
         runs=store.runs(study),
         study_text=store.study_text(study),
         samples=store.samples(study),
-        expected_runs=recorded[0] if recorded else None,
+        expected_runs=recorded["n_runs"][0] if recorded.height else None,
+        thresholds=thresholds_from_config(
+            json.loads(recorded["config"][0]) if recorded.height else {}
+        ),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     target = Path(out_dir) / "index.html"

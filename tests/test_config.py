@@ -173,3 +173,88 @@ def test_fresh_data_that_would_exhaust_finite_real_data_is_rejected(tiny_study):
         assert "fresh-data(p=0.5) needs 80 real training points" in message
         assert "only 50" in message
         parse_study({**study, "strategies": [{"name": "fresh-data", "real_fraction": 0.2}]})
+
+
+# --- collapse_thresholds: an analysis setting, validated like the rest, never a run parameter ---
+
+GOOD_THRESHOLDS = {
+    "gaussian": [
+        {"metric": "variance_ratio", "below": 0.3},
+        {"metric": "mean_sq_error", "above": 4, "relative": True},
+    ],
+    "kde": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "expected"),
+    [
+        ({"transformer": []}, ["collapse_thresholds", "unknown family 'transformer'", "gmm"]),
+        (
+            {"gaussian": [{"metric": "vocab_survival", "below": 0.5}]},
+            ["collapse_thresholds", "gaussian[0].metric 'vocab_survival'", "variance_ratio"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio"}]},
+            ["collapse_thresholds.gaussian[0]", "exactly one of `below` or `above`"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "below": 0.5, "above": 2}]},
+            ["collapse_thresholds.gaussian[0]", "exactly one of `below` or `above`"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "under": 0.5}]},
+            ["collapse_thresholds.gaussian[0].under", "unknown key", "above, below, metric"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "below": "half"}]},
+            ["collapse_thresholds.gaussian[0].below", "number", "'half'"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "below": 0.0, "relative": True}]},
+            ["collapse_thresholds.gaussian[0]", "factor", "> 0"],
+        ),
+        ({"gaussian": {"metric": "variance_ratio"}}, ["collapse_thresholds.gaussian", "list"]),
+        (["gaussian"], ["collapse_thresholds", "dictionary"]),
+    ],
+)
+def test_bad_collapse_thresholds_are_one_line_naming_the_field(tiny_study, thresholds, expected):
+    message = error_of({**tiny_study, "collapse_thresholds": thresholds})
+    assert message.startswith("s.yaml: ")
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_collapse_thresholds_replace_only_the_families_listed(tiny_study, tmp_path):
+    from collapselab.onset import Threshold, default_thresholds, thresholds_from_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**tiny_study, "collapse_thresholds": GOOD_THRESHOLDS}))
+    study, _ = load_study(path)
+    thresholds = study.onset_thresholds()
+    assert thresholds["gaussian"] == [
+        Threshold("variance_ratio", "below", 0.3),
+        Threshold("mean_sq_error", "above", 4.0, relative=True),
+    ]
+    assert thresholds["kde"] == []  # switched off: only status-collapsed runs count
+    defaults = default_thresholds()
+    assert {f: t for f, t in thresholds.items() if f not in GOOD_THRESHOLDS} == {
+        f: t for f, t in defaults.items() if f not in GOOD_THRESHOLDS
+    }
+    # the stored study (studies.config JSON) gives the same thresholds; older ones the defaults
+    assert thresholds_from_config(study.model_dump(mode="json")) == thresholds
+    assert parse_study(tiny_study).onset_thresholds() == defaults
+    assert thresholds_from_config({}) == defaults
+
+
+def test_collapse_thresholds_change_no_run_id_or_seed(tiny_study):
+    plain = parse_study(tiny_study).run_specs()
+    tuned = parse_study({**tiny_study, "collapse_thresholds": GOOD_THRESHOLDS}).run_specs()
+    assert plain == tuned
+    assert [s.run_id for s in plain] == [s.run_id for s in tuned]
+    assert all(
+        a.chain_seed().generate_state(4).tolist() == b.chain_seed().generate_state(4).tolist()
+        and a.metric_seed().generate_state(4).tolist() == b.metric_seed().generate_state(4).tolist()
+        for a, b in zip(plain, tuned, strict=True)
+    )
+    assert "collapse_thresholds" not in tuned[0].model_dump()

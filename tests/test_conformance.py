@@ -181,3 +181,30 @@ def test_batches_cover_every_run_once_in_grid_order():
             assert all(len(b) <= size for b in batches)
     assert len(plan_batches(specs, workers=2)) == 8  # about four tasks per worker
     assert plan_batches([], workers=2) == []
+
+
+@pytest.mark.parametrize(
+    ("family", "strategy"), [(f, s) for f in sorted(FAMILIES) for s in STRATEGIES]
+)
+def test_provenance_accounts_for_every_training_point(family, strategy):
+    """Every family under every strategy: each generation's counts by origin add up to the
+    training set's size, its real share is the `real_fraction` metric, no point comes from a
+    model not yet fitted, and the kept examples serialise to the JSON the store keeps."""
+    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+
+    outcome = run_chain(one_spec(family, strategy))
+    assert outcome.status == COMPLETED, outcome.error
+    metrics = {
+        (g, m): v for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True)
+    }
+    provenance = outcomes_to_provenance([outcome])
+    assert sorted(provenance["generation"].unique()) == list(range(GENERATIONS + 1))
+    for (t,), rows in provenance.group_by("generation"):
+        size = rows["points"].sum()
+        assert size == metrics[t, "train_size"]
+        assert rows.filter(rows["origin"] == -1)["points"].sum() / size == pytest.approx(
+            metrics[t, "real_fraction"]
+        )
+        assert rows["origin"].min() >= -1 and rows["origin"].max() <= t - 1  # model 0: all real
+        assert (rows["points"] > 0).all() and rows["origin"].n_unique() == rows.height
+    outcomes_to_samples([outcome])  # json.dumps of every family's examples

@@ -421,3 +421,18 @@ def test_a_partly_stored_study_says_what_is_missing(quick: dict[str, Any]) -> No
     assert '<th scope="row">pending</th><td class="num">10</td>' in page
     complete = render(quick["tidy"], quick["runs"], expected_runs=30)
     assert "Incomplete" not in complete
+
+
+def test_onset_section_ranks_strategies_per_model(quick: dict[str, Any]) -> None:
+    from collapselab.onset import default_thresholds
+
+    page = render(quick["tidy"], quick["runs"], thresholds=default_thresholds())
+    assert 'id="onset-heading">Generations until collapse' in page
+    section = page.split('id="onset-heading"', 1)[1].split("</section>", 1)[0]
+    for label in ("accumulate", "replace(T=0.8)", "fixed-fraction(p=0.2)"):
+        assert f'<th scope="row">{label}</th>' in section
+    # the tempered replace collapses first in every replicate: it ranks last
+    rows = re.findall(r'<td class="num">(\d+)</td><th scope="row">([^<]+)</th>', section)
+    assert rows[-1][1] == "replace(T=0.8)" and rows[-1][0] == "6"
+    assert "5 of 5" in section.split("replace(T=0.8)")[1]
+    assert "Generations until collapse" not in render(quick["tidy"], quick["runs"])

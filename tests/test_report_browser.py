@@ -163,7 +163,7 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
             return [box.width, box.height];
         })""",
     )["result"]["value"]
-    assert len(figures) == 7
+    assert len(figures) == page.read_text().count("<figure") >= 7
     assert all(width > 100 and height > 100 for width, height in figures), figures
     errors = [
         e

@@ -133,3 +133,105 @@ def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, fr
     assert json.loads(stored["items"][1]) == ["c <d> ."]
     store.ingest(runs, metrics, samples.head(1))
     assert store.samples(study.name).height == 1
+
+
+# --- provenance -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_provenance(tiny_study):
+    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+
+    study = parse_study(tiny_study)
+    outcomes = run_many(study.run_specs())
+    return (
+        study,
+        *outcomes_to_frames(outcomes),
+        outcomes_to_samples(outcomes),
+        outcomes_to_provenance(outcomes),
+    )
+
+
+def provenance_rows(path) -> int:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.sql("SELECT count(*) FROM provenance").fetchall()[0][0]
+
+
+def test_provenance_round_trip_with_run_labels(tmp_path, with_provenance):
+    study, runs, metrics, samples, provenance = with_provenance
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs, metrics, samples, provenance)
+    stored = store.provenance(study.name)
+    assert stored.columns == [
+        "run_id",
+        "family",
+        "model",
+        "strategy_label",
+        "replicate",
+        "generation",
+        "origin",
+        "points",
+    ]
+    keys = ["run_id", "generation", "origin"]
+    assert stored.select(provenance.columns).sort(keys).equals(provenance.sort(keys))
+    labels = stored.join(runs.select("run_id", "strategy_label", "replicate"), on="run_id")
+    assert labels["strategy_label"].equals(labels["strategy_label_right"])
+    assert labels["replicate"].equals(labels["replicate_right"])
+    # every training set's counts add up to its size, as the metrics recorded it
+    sizes = stored.group_by("run_id", "generation").agg(pl.col("points").sum())
+    train_size = metrics.filter(pl.col("metric") == "train_size").join(
+        sizes, on=["run_id", "generation"]
+    )
+    assert train_size.height == sizes.height > 0
+    assert (train_size["value"] == train_size["points"]).all()
+    assert store.provenance("another-study").is_empty()
+
+
+def test_provenance_is_replaced_on_reingest(tmp_path, with_provenance):
+    study, runs, metrics, samples, provenance = with_provenance
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs, metrics, samples, provenance)
+    store.ingest(runs, metrics, samples, provenance)  # twice: one copy
+    assert provenance_rows(store.path) == provenance.height
+    one = runs["run_id"][0]
+    fewer = provenance.filter((pl.col("run_id") != one) | (pl.col("generation") == 0))
+    store.ingest(runs, metrics, samples, fewer)
+    stored = store.provenance(study.name)
+    assert stored.filter(pl.col("run_id") == one)["generation"].unique().to_list() == [0]
+    assert stored.height == fewer.height
+    # ingesting a run without provenance (the old call) leaves it with none, others untouched
+    store.ingest(runs.head(1), metrics.filter(pl.col("run_id") == one))
+    assert store.provenance(study.name).height == fewer.filter(pl.col("run_id") != one).height
+
+
+def test_bad_provenance_rolls_back_the_whole_ingest(tmp_path, with_provenance):
+    _, runs, metrics, samples, provenance = with_provenance
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs.head(1), metrics.filter(pl.col("run_id") == runs["run_id"][0]))
+    before = counts(store.path), provenance_rows(store.path)
+    broken = provenance.with_columns(points=pl.lit(0, dtype=pl.Int64))  # CHECK (points > 0)
+    with pytest.raises(duckdb.Error):
+        store.ingest(runs, metrics, samples, broken)
+    assert (counts(store.path), provenance_rows(store.path)) == before
+
+
+def test_provenance_exported_and_older_files_read_as_empty(tmp_path, with_provenance):
+    from collapselab.store import SCHEMA
+
+    study, runs, metrics, samples, provenance = with_provenance
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs, metrics, samples, provenance)
+    written = store.export(tmp_path / "out")
+    assert pl.read_parquet(tmp_path / "out" / "provenance.parquet").height == provenance.height
+    assert len(written) == 5
+    old = tmp_path / "old.duckdb"  # a file written before the provenance table existed
+    with duckdb.connect(str(old)) as con:
+        con.execute(SCHEMA.split("CREATE TABLE IF NOT EXISTS provenance")[0])
+    assert Store(old).provenance(study.name).columns == store.provenance(study.name).columns
+    assert Store(old).provenance(study.name).is_empty()
+    assert [p.name for p in Store(old).export(tmp_path / "old-out")] == [
+        "studies.parquet",
+        "runs.parquet",
+        "metrics.parquet",
+        "samples.parquet",
+    ]

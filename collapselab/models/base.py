@@ -88,8 +88,9 @@ class ModelFamily(ABC):
         `rng` is a stream of its own for Monte Carlo metrics: using it never changes the chain."""
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
-        """A few samples to show in the report, as (kind, items): ("text", [sentence, ...]) or
-        ("image", [2-D list of pixel values, ...]); None for families with nothing to show."""
+        """What the report's gallery shows of this model, as (kind, items): ("text", [sentence,
+        ...]), ("image", [2-D list of pixel values, ...]), ("density", [{"mean": [...], "cov":
+        [[...]]}]) or ("ranks", [[probabilities in true rank order]]); None for nothing."""
         return None
 
 

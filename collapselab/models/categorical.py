@@ -22,7 +22,9 @@ from collapselab.data import RealData, SampledData
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
 
 LANGUAGE = "en"
-EXAMPLE_WORDS = 20
+#: Significant digits of the probabilities kept for the rank-frequency gallery: plenty for a
+#: log-log curve, and it keeps a large vocabulary's JSON small.
+RANK_DIGITS = 4
 
 
 @lru_cache(maxsize=8)
@@ -38,6 +40,12 @@ def english_vocabulary(vocab_size: int) -> tuple[tuple[str, ...], np.ndarray]:
     probabilities = frequencies[order] / frequencies.sum()
     probabilities.setflags(write=False)
     return tuple(words[i] for i in order), probabilities
+
+
+def true_probabilities(vocab_size: int) -> np.ndarray:
+    """The truth's word probabilities (read-only), index i = the i-th most frequent true word: the
+    same order as the "ranks" gallery items, so the report draws the truth line from this."""
+    return english_vocabulary(vocab_size)[1]
 
 
 def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -142,7 +150,8 @@ class Categorical(ModelFamily):
             "test_nll": self.score(test),
         }
 
-    def examples(self, *, rng: np.random.Generator) -> tuple[str, list[str]]:
-        """A short bag of words drawn from the model (unigrams: no word order to show)."""
-        words = self.words
-        return "text", [" ".join(words[i] for i in self.sample(EXAMPLE_WORDS, rng=rng))]
+    def examples(self, *, rng: np.random.Generator) -> tuple[str, list[list[float]]]:
+        """The model's probabilities in true rank order (word ids are true ranks), rounded: drawn
+        as a rank-frequency curve against the truth, it shows the tail fading rank by rank. Zero
+        means a lost word."""
+        return "ranks", [[float(f"{p:.{RANK_DIGITS}g}") for p in self.probabilities_]]

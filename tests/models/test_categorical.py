@@ -24,6 +24,7 @@ from collapselab.models.categorical import (
     CategoricalParams,
     english_vocabulary,
     tempered,
+    true_probabilities,
 )
 from collapselab.theory import categorical_gini_simpson
 
@@ -228,12 +229,25 @@ def test_sampling_uses_only_the_given_generator():
     assert np.array_equal(first, model.sample(20, rng=np.random.default_rng(9), temperature=0.8))
 
 
-def test_examples_are_twenty_real_words():
-    model = fitted(list(range(30)), vocab_size=30)
+def test_examples_are_the_models_probabilities_in_true_rank_order():
+    # word ids are true ranks: id 0 the most frequent word; ids 3 and 4 are lost
+    model = fitted([0, 1, 1, 2, 2, 2], vocab_size=5)
     kind, items = model.examples(rng=np.random.default_rng(1))
-    assert kind == "text" and len(items) == 1
-    assert set(items[0].split()) <= set(english_vocabulary(30)[0])
-    assert len(items[0].split()) == 20
+    assert kind == "ranks" and len(items) == 1
+    assert items[0] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 0.0, 0.0], rel=1e-3)
+    assert items[0][3:] == [0.0, 0.0]  # a lost word is exactly zero, not a rounding residue
+    assert all(type(x) is float for x in items[0])  # plain floats: JSON-serialisable
+
+
+def test_true_probabilities_are_the_truth_in_rank_order():
+    truth = true_probabilities(30)
+    assert truth is english_vocabulary(30)[1] and not truth.flags.writeable
+    assert truth.sum() == pytest.approx(1.0) and np.all(np.diff(truth) <= 0)
+    # a model fitted on the truth's expected counts gives back the truth line, rank for rank
+    counts = np.round(truth * 1e6).astype(int)
+    model = fitted(np.repeat(np.arange(30), counts).tolist(), vocab_size=30)
+    items = model.examples(rng=np.random.default_rng(0))[1][0]
+    assert np.allclose(items, truth, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from collapselab import theory
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
-from collapselab.models.gaussian import Gaussian, GaussianParams
+from collapselab.models.gaussian import Gaussian, GaussianParams, true_first_marginal
 
 Z_MAX = 4.5  # two-sided, per generation; with ~20 generations a false alarm is ~1e-4
 REPLICATES = 1500
@@ -152,3 +152,18 @@ def test_non_default_truth_is_respected():
     real = Gaussian(params).real_data().open(n_test=50_000, seed=np.random.SeedSequence(0))
     assert np.allclose(real.test.mean(axis=0), [1.0, -1.0], atol=0.05)
     assert np.allclose(np.cov(real.test, rowvar=False), [[4.0, 1.0], [1.0, 2.0]], atol=0.1)
+
+
+def test_examples_are_the_fitted_first_marginal():
+    X = np.array([[1.0, 5.0], [3.0, -5.0], [2.0, 1.0]])
+    kind, items = fitted(X, dim=2).examples(rng=np.random.default_rng(0))
+    assert kind == "density" and len(items) == 1
+    assert items[0]["mean"] == pytest.approx([2.0])
+    assert items[0]["cov"] == [[pytest.approx(2.0 / 3.0)]]  # ML variance of 1, 3, 2
+    assert all(type(x) is float for x in (*items[0]["mean"], *items[0]["cov"][0]))
+
+
+def test_true_first_marginal():
+    assert true_first_marginal(GaussianParams()) == (0.0, 1.0)
+    params = GaussianParams(dim=2, mean=(1.0, -1.0), cov=((4.0, 1.0), (1.0, 2.0)))
+    assert true_first_marginal(params) == (1.0, 4.0)
