@@ -40,6 +40,7 @@ from collapselab.theory import describe_reference, max_deviation_in_se, referenc
 
 matplotlib.use("Agg")  # reports render in headless workers; must precede the pyplot import
 
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import seaborn as sns
 
@@ -305,6 +306,7 @@ class ModelSection:
     failed_runs_left_out: int
     any_infinite_final: bool
     gallery: Gallery | None = None
+    provenance: FigureBlock | None = None
 
 
 def render_report(
@@ -317,12 +319,14 @@ def render_report(
     samples: pl.DataFrame | None = None,
     expected_runs: int | None = None,
     thresholds: dict[str, list[Threshold]] | None = None,
+    provenance: pl.DataFrame | None = None,
 ) -> str:
     """Return one self-contained HTML page. `samples` (optional): the store's kept samples
     (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list).
     `expected_runs` (optional): the size of the study's grid, to say how many runs are missing.
     `thresholds` (optional): collapse indicators per family, for the "generations until collapse"
-    section (collapselab.onset)."""
+    section (collapselab.onset). `provenance` (optional): the store's training-set composition
+    (model, strategy_label, replicate, generation, origin, points), drawn as stacked areas."""
     if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
         runs = pl.DataFrame(schema=RUN_COLUMNS)
     if tidy.is_empty():
@@ -342,6 +346,7 @@ def render_report(
             labels=labels,
             palette=palette,
             samples=None if samples is None else samples.filter(pl.col("model") == model),
+            provenance=None if provenance is None else provenance.filter(pl.col("model") == model),
             run_params=runs.filter(pl.col("model") == model)
             .unique("strategy_label", keep="first")
             .select("strategy_label", "params"),
@@ -461,6 +466,7 @@ def _model_section(
     palette: dict[str, str],
     samples: pl.DataFrame | None = None,
     run_params: pl.DataFrame | None = None,
+    provenance: pl.DataFrame | None = None,
 ) -> ModelSection:
     metrics = _metric_order(frame["metric"].unique().to_list())
     present = set(frame["strategy_label"].unique().to_list())
@@ -490,6 +496,9 @@ def _model_section(
         failed_runs_left_out=failed_left_out,
         any_infinite_final=any("∞" in cell for row in final_rows for cell in row.cells),
         gallery=_gallery(samples, anchor=f"{anchor}-samples", model=model, labels=section_labels),
+        provenance=_provenance_figure(
+            provenance, anchor=f"{anchor}-provenance", model=model, labels=section_labels
+        ),
     )
 
 
@@ -548,6 +557,95 @@ def _onset_section(
         for (model,), rows in table.group_by("model", maintain_order=True)
     ]
     return {"models": models, "rules": rules, "window": WINDOW, "horizon": HORIZON}
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+REAL_COLOUR = "#0072B2"  # blue of the colour-blind-safe palette; synthetic data in oranges
+
+
+def _provenance_figure(
+    provenance: pl.DataFrame | None, *, anchor: str, model: str, labels: list[str]
+) -> FigureBlock | None:
+    """Stacked areas of each strategy's training sets by origin (first replicate): real data at
+    the bottom, then synthetic data from model 0 (lightest) up to the latest model (darkest)."""
+    if provenance is None or provenance.is_empty():
+        return None
+    first = provenance.filter(pl.col("replicate") == pl.col("replicate").min())
+    labels = [label for label in labels if label in set(first["strategy_label"].to_list())]
+    if not labels:
+        return None
+    cols = min(3, len(labels))
+    rows = math.ceil(len(labels) / cols)
+    with plt.rc_context(_PLOT_STYLE):
+        figure, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(3.4 * cols, 2.5 * rows + 0.7),
+            squeeze=False,
+            layout="constrained",
+            sharex=True,
+        )
+        try:
+            for ax in axes.flat[len(labels) :]:
+                ax.set_visible(False)
+            for ax, label in zip(axes.flat, labels, strict=False):
+                table = (
+                    first.filter(pl.col("strategy_label") == label)
+                    .pivot(
+                        on="origin",
+                        index="generation",
+                        values="points",
+                        aggregate_function="sum",
+                        sort_columns=False,
+                    )
+                    .sort("generation")
+                    .fill_null(0)
+                )
+                origins = sorted(int(c) for c in table.columns if c != "generation")
+                synthetic = [o for o in origins if o >= 0]
+                shades = matplotlib.colormaps["Oranges"](
+                    np.linspace(0.25, 0.95, max(len(synthetic), 1))
+                )
+                colours = [REAL_COLOUR if o < 0 else shades[synthetic.index(o)] for o in origins]
+                ax.stackplot(
+                    table["generation"].to_numpy(),
+                    *[table[str(o)].to_numpy() for o in origins],
+                    colors=colours,
+                    linewidth=0,
+                )
+                ax.set_title(label, fontsize=9)
+                ax.title.set_parse_math(False)
+                ax.set_xlabel("generation t")
+            for ax in axes[:, 0]:
+                ax.set_ylabel("training points")
+            handles = [
+                matplotlib.patches.Patch(color=REAL_COLOUR, label="real data"),
+                matplotlib.patches.Patch(
+                    color=matplotlib.colormaps["Oranges"](0.3), label="synthetic, early models"
+                ),
+                matplotlib.patches.Patch(
+                    color=matplotlib.colormaps["Oranges"](0.9), label="synthetic, recent models"
+                ),
+            ]
+            figure.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+            alt = (
+                f"{model}: composition of each training set by origin over generations, one "
+                f"panel per strategy ({', '.join(labels)})."
+            )
+            svg = _inline_svg(figure, anchor=anchor, alt=alt)
+        finally:
+            plt.close(figure)
+    return FigureBlock(
+        anchor=anchor,
+        title="Where the training data comes from",
+        svg=svg,
+        caption=(
+            "Training points of model t by origin, first replicate of each strategy: real "
+            "data (blue) and samples of earlier models (orange, darker = more recent). "
+            "Long runs group origins into buckets and show a subset of generations."
+        ),
+    )
 
 
 # --- sample galleries -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def render_study_report(db: str, study: str, out_dir: str) -> str:
         runs=store.runs(study),
         study_text=store.study_text(study),
         samples=store.samples(study),
+        provenance=store.provenance(study),
         expected_runs=recorded["n_runs"][0] if recorded.height else None,
         thresholds=thresholds_from_config(
             json.loads(recorded["config"][0]) if recorded.height else {}

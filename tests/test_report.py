@@ -436,3 +436,32 @@ def test_onset_section_ranks_strategies_per_model(quick: dict[str, Any]) -> None
     assert rows[-1][1] == "replace(T=0.8)" and rows[-1][0] == "6"
     assert "5 of 5" in section.split("replace(T=0.8)")[1]
     assert "Generations until collapse" not in render(quick["tidy"], quick["runs"])
+
+
+def test_provenance_is_drawn_per_strategy_and_references_are_overlaid() -> None:
+    from collapselab.chain import outcomes_to_provenance
+
+    study = parse_study(
+        {
+            "name": "prov",
+            "seed": 2,
+            "generations": 8,
+            "replicates": 20,
+            "samples_per_generation": 20,
+            "test_size": 20,
+            "models": [{"family": "gaussian", "estimator": "unbiased"}],
+            "strategies": ["replace", "accumulate"],
+        }
+    )
+    outcomes = run_many(study.run_specs())
+    runs, metrics = outcomes_to_frames(outcomes)
+    tidy = tidy_frame(runs, metrics)
+    labels = runs.select("run_id", "family", "model", "strategy_label", "replicate")
+    provenance = outcomes_to_provenance(outcomes).join(labels, on="run_id")
+    page = render(tidy, runs, provenance=provenance)
+    assert "Where the training data comes from</h3>" in page
+    assert page.count('-provenance" class="gallery"') == 1
+    # replace with the unbiased estimator has closed forms for two metrics: both are overlaid
+    assert page.count("Dashed, replace: closed form") == 2
+    assert "largest deviation of the simulation" in page
+    assert "Dashed, accumulate" not in page
