@@ -613,6 +613,7 @@ def _provenance_figure(
                     *[table[str(o)].to_numpy() for o in origins],
                     colors=colours,
                     linewidth=0,
+                    rasterized=True,  # dozens of layers: a bitmap is smaller and faster than paths
                 )
                 ax.set_title(label, fontsize=9)
                 ax.title.set_parse_math(False)
@@ -1170,7 +1171,7 @@ def _inline_svg(figure: Figure, *, anchor: str, alt: str) -> Markup:
     prefixed with `anchor` (matplotlib numbers them per figure, so several would clash), sized by
     its viewBox so CSS can make it responsive, and labelled by a <title> for assistive tech."""
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    figure.savefig(buffer, format="svg", metadata={"Date": None}, dpi=110)
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg") :]
     svg = _METADATA.sub("", svg, count=1)
