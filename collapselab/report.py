@@ -12,7 +12,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -564,6 +565,32 @@ def _onset_section(
 REAL_COLOUR = "#0072B2"  # blue of the colour-blind-safe palette; synthetic data in oranges
 
 
+@contextmanager
+def _strategy_panels(
+    count: int, *, panel_height: float, extra_height: float, sharey: bool = False
+) -> Iterator[tuple[Figure, np.ndarray]]:
+    """Small multiples, one panel per strategy, three to a row, sharing the generation axis;
+    unused panels hidden, the figure closed afterwards."""
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    with plt.rc_context(_PLOT_STYLE):
+        figure, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(3.4 * cols, panel_height * rows + extra_height),
+            squeeze=False,
+            layout="constrained",
+            sharex=True,
+            sharey=sharey,
+        )
+        try:
+            for ax in axes.flat[count:]:
+                ax.set_visible(False)
+            yield figure, axes
+        finally:
+            plt.close(figure)
+
+
 def _provenance_figure(
     provenance: pl.DataFrame | None, *, anchor: str, model: str, labels: list[str]
 ) -> FigureBlock | None:
@@ -575,68 +602,53 @@ def _provenance_figure(
     labels = [label for label in labels if label in set(first["strategy_label"].to_list())]
     if not labels:
         return None
-    cols = min(3, len(labels))
-    rows = math.ceil(len(labels) / cols)
-    with plt.rc_context(_PLOT_STYLE):
-        figure, axes = plt.subplots(
-            rows,
-            cols,
-            figsize=(3.4 * cols, 2.5 * rows + 0.7),
-            squeeze=False,
-            layout="constrained",
-            sharex=True,
-        )
-        try:
-            for ax in axes.flat[len(labels) :]:
-                ax.set_visible(False)
-            for ax, label in zip(axes.flat, labels, strict=False):
-                table = (
-                    first.filter(pl.col("strategy_label") == label)
-                    .pivot(
-                        on="origin",
-                        index="generation",
-                        values="points",
-                        aggregate_function="sum",
-                        sort_columns=False,
-                    )
-                    .sort("generation")
-                    .fill_null(0)
+    with _strategy_panels(len(labels), panel_height=2.5, extra_height=0.7) as (figure, axes):
+        for ax, label in zip(axes.flat, labels, strict=False):
+            table = (
+                first.filter(pl.col("strategy_label") == label)
+                .pivot(
+                    on="origin",
+                    index="generation",
+                    values="points",
+                    aggregate_function="sum",
+                    sort_columns=False,
                 )
-                origins = sorted(int(c) for c in table.columns if c != "generation")
-                synthetic = [o for o in origins if o >= 0]
-                shades = matplotlib.colormaps["Oranges"](
-                    np.linspace(0.25, 0.95, max(len(synthetic), 1))
-                )
-                colours = [REAL_COLOUR if o < 0 else shades[synthetic.index(o)] for o in origins]
-                ax.stackplot(
-                    table["generation"].to_numpy(),
-                    *[table[str(o)].to_numpy() for o in origins],
-                    colors=colours,
-                    linewidth=0,
-                    rasterized=True,  # dozens of layers: a bitmap is smaller and faster than paths
-                )
-                ax.set_title(label, fontsize=9)
-                ax.title.set_parse_math(False)
-                ax.set_xlabel("generation t")
-            for ax in axes[:, 0]:
-                ax.set_ylabel("training points")
-            handles = [
-                matplotlib.patches.Patch(color=REAL_COLOUR, label="real data"),
-                matplotlib.patches.Patch(
-                    color=matplotlib.colormaps["Oranges"](0.3), label="synthetic, early models"
-                ),
-                matplotlib.patches.Patch(
-                    color=matplotlib.colormaps["Oranges"](0.9), label="synthetic, recent models"
-                ),
-            ]
-            figure.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
-            alt = (
-                f"{model}: composition of each training set by origin over generations, one "
-                f"panel per strategy ({', '.join(labels)})."
+                .sort("generation")
+                .fill_null(0)
             )
-            svg = _inline_svg(figure, anchor=anchor, alt=alt)
-        finally:
-            plt.close(figure)
+            origins = sorted(int(c) for c in table.columns if c != "generation")
+            synthetic = [o for o in origins if o >= 0]
+            shades = matplotlib.colormaps["Oranges"](
+                np.linspace(0.25, 0.95, max(len(synthetic), 1))
+            )
+            colours = [REAL_COLOUR if o < 0 else shades[synthetic.index(o)] for o in origins]
+            ax.stackplot(
+                table["generation"].to_numpy(),
+                *[table[str(o)].to_numpy() for o in origins],
+                colors=colours,
+                linewidth=0,
+                rasterized=True,  # dozens of layers: a bitmap is smaller and faster than paths
+            )
+            ax.set_title(label, fontsize=9)
+            ax.title.set_parse_math(False)
+            ax.set_xlabel("generation t")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("training points")
+        handles = [
+            matplotlib.patches.Patch(color=REAL_COLOUR, label="real data"),
+            matplotlib.patches.Patch(
+                color=matplotlib.colormaps["Oranges"](0.3), label="synthetic, early models"
+            ),
+            matplotlib.patches.Patch(
+                color=matplotlib.colormaps["Oranges"](0.9), label="synthetic, recent models"
+            ),
+        ]
+        figure.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+        alt = (
+            f"{model}: composition of each training set by origin over generations, one "
+            f"panel per strategy ({', '.join(labels)})."
+        )
+        svg = _inline_svg(figure, anchor=anchor, alt=alt)
     return FigureBlock(
         anchor=anchor,
         title="Where the training data comes from",
@@ -722,57 +734,43 @@ def _curves_by_generation(
     draw = _draw_density if kind == "density" else _draw_ranks
     generations = sorted({g for label in labels for g, _ in by_label[label]})
     shades = matplotlib.colormaps["viridis"](np.linspace(0.9, 0.0, len(generations)))
-    cols = min(3, len(labels))
-    rows = math.ceil(len(labels) / cols)
-    with plt.rc_context(_PLOT_STYLE):
-        figure, axes = plt.subplots(
-            rows,
-            cols,
-            figsize=(3.4 * cols, 2.7 * rows + 0.6),
-            squeeze=False,
-            layout="constrained",
-            sharex=True,
-            sharey=kind == "ranks",  # densities differ by orders of magnitude
+    with _strategy_panels(
+        len(labels), panel_height=2.7, extra_height=0.6, sharey=kind == "ranks"
+    ) as (figure, axes):
+        for ax, label in zip(axes.flat, labels, strict=False):
+            cells = dict(by_label[label])
+            if kind == "ranks":
+                truth = _true_word_probabilities(len(next(iter(cells.values()))[0]))
+                if truth is not None:
+                    ax.plot(
+                        np.arange(1, truth.size + 1),
+                        truth,
+                        color="0.2",
+                        linestyle="--",
+                        linewidth=1.0,
+                        label="truth",
+                    )
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            for shade, generation in zip(shades, generations, strict=True):
+                if cells.get(generation):
+                    draw(ax, cells[generation], tuple(shade), f"generation {generation}")
+            ax.set_title(label, fontsize=9)
+            ax.title.set_parse_math(False)
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        figure.legend(
+            handles, names, loc="outside lower center", ncols=min(4, len(names)), frameon=False
         )
-        try:
-            for ax in axes.flat[len(labels) :]:
-                ax.set_visible(False)
-            for ax, label in zip(axes.flat, labels, strict=False):
-                cells = dict(by_label[label])
-                if kind == "ranks":
-                    truth = _true_word_probabilities(len(next(iter(cells.values()))[0]))
-                    if truth is not None:
-                        ax.plot(
-                            np.arange(1, truth.size + 1),
-                            truth,
-                            color="0.2",
-                            linestyle="--",
-                            linewidth=1.0,
-                            label="truth",
-                        )
-                    ax.set_xscale("log")
-                    ax.set_yscale("log")
-                for shade, generation in zip(shades, generations, strict=True):
-                    if cells.get(generation):
-                        draw(ax, cells[generation], tuple(shade), f"generation {generation}")
-                ax.set_title(label, fontsize=9)
-                ax.title.set_parse_math(False)
-            handles, names = axes.flat[0].get_legend_handles_labels()
-            figure.legend(
-                handles, names, loc="outside lower center", ncols=min(4, len(names)), frameon=False
-            )
-            what = (
-                "density of the fitted model"
-                if kind == "density"
-                else ("word probability against true frequency rank (log-log)")
-            )
-            alt = (
-                f"{model}: {what} at generations {', '.join(map(str, generations))}, one "
-                f"panel per strategy ({', '.join(labels)})."
-            )
-            svg = _inline_svg(figure, anchor=anchor, alt=alt)
-        finally:
-            plt.close(figure)
+        what = (
+            "density of the fitted model"
+            if kind == "density"
+            else ("word probability against true frequency rank (log-log)")
+        )
+        alt = (
+            f"{model}: {what} at generations {', '.join(map(str, generations))}, one "
+            f"panel per strategy ({', '.join(labels)})."
+        )
+        svg = _inline_svg(figure, anchor=anchor, alt=alt)
     caption = (
         "Density of each fitted model (first coordinate), first replicate of each strategy, "
         "light to dark over generations: a narrowing curve is collapse."
