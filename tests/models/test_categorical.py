@@ -27,6 +27,7 @@ from collapselab.models.categorical import (
     true_probabilities,
 )
 from collapselab.theory import categorical_gini_simpson
+from tests.statistics import z_scores
 
 Z_MAX = 4.5  # two-sided, per generation or per word; ~50 comparisons: false alarm ~1e-4
 VOCAB, TOKENS, GENERATIONS, REPLICATES = 50, 30, 15, 1200
@@ -72,17 +73,6 @@ def replace_chain() -> pl.DataFrame:
     return grid.join(observed, on=["run_id", "generation"], how="left").with_columns(
         pl.col("value").fill_null(0.0)
     )
-
-
-def z_scores(frame: pl.DataFrame, expected) -> np.ndarray:
-    summary = (
-        frame.group_by("generation")
-        .agg(pl.col("value").mean().alias("mean"), pl.col("value").std().alias("sd"), pl.len())
-        .sort("generation")
-    )
-    t = summary["generation"].to_numpy()
-    se = summary["sd"].to_numpy() / np.sqrt(summary["len"].to_numpy())
-    return (summary["mean"].to_numpy() - expected(t)) / se
 
 
 def test_gini_simpson_decays_by_one_minus_one_over_n_per_fit(replace_chain):

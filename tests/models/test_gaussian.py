@@ -15,6 +15,7 @@ from collapselab import theory
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
 from collapselab.models.gaussian import Gaussian, GaussianParams, true_first_marginal
+from tests.statistics import metric_z_scores as z_scores
 
 Z_MAX = 4.5  # two-sided, per generation; with ~20 generations a false alarm is ~1e-4
 REPLICATES = 1500
@@ -38,22 +39,6 @@ def simulate(
     )
     _, metrics = outcomes_to_frames(run_many(study.run_specs()))
     return metrics
-
-
-def z_scores(metrics: pl.DataFrame, metric: str, expected) -> np.ndarray:
-    summary = (
-        metrics.filter(pl.col("metric") == metric)
-        .group_by("generation")
-        .agg(
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").std().alias("sd"),
-            pl.len().alias("count"),
-        )
-        .sort("generation")
-    )
-    t = summary["generation"].to_numpy()
-    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
-    return (summary["mean"].to_numpy() - expected(t)) / se
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from collapselab.config import parse_study
 from collapselab.metrics import mixture_l2_distance
 from collapselab.models import Degenerate
 from collapselab.models.gmm import GaussianMixtureFamily, GmmParams, tempered_weights
+from tests.statistics import metric_values, z_scores
 
 Z_MAX = 4.5  # two-sided; with a handful of checks per test a false alarm is ~1e-4
 
@@ -346,23 +347,10 @@ def one_component_chain() -> pl.DataFrame:
     return metrics
 
 
-def z_scores(metrics: pl.DataFrame, expected) -> np.ndarray:
+def variance_z_scores(metrics: pl.DataFrame, expected) -> np.ndarray:
     """Per generation, the z-score of the mean squared component std (= tr(S) / d)."""
-    summary = (
-        metrics.filter(pl.col("metric") == "component_std_mean")
-        .with_columns((pl.col("value") ** 2).alias("variance"))
-        .group_by("generation")
-        .agg(
-            pl.col("variance").mean().alias("mean"),
-            pl.col("variance").std().alias("sd"),
-            pl.len().alias("count"),
-        )
-        .sort("generation")
-    )
-    assert summary["count"].min() == REPLICATES
-    t = summary["generation"].to_numpy()
-    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
-    return (summary["mean"].to_numpy() - expected(t)) / se
+    variances = metric_values(metrics, "component_std_mean").with_columns(pl.col("value") ** 2)
+    return z_scores(variances, expected, replicates=REPLICATES)
 
 
 def test_one_component_variance_follows_the_gaussian_closed_form(one_component_chain):
@@ -372,10 +360,10 @@ def test_one_component_variance_follows_the_gaussian_closed_form(one_component_c
     def expected(t):
         return shrink ** (t + 1) + REG_COVAR * (1 - shrink ** (t + 1)) / (1 - shrink)
 
-    z = z_scores(one_component_chain, expected)
+    z = variance_z_scores(one_component_chain, expected)
     assert np.max(np.abs(z)) < Z_MAX, z
 
 
 def test_the_check_rejects_an_off_by_one_fit(one_component_chain):
-    z = z_scores(one_component_chain, lambda t: (1 - 1 / N) ** t)
+    z = variance_z_scores(one_component_chain, lambda t: (1 - 1 / N) ** t)
     assert np.max(np.abs(z)) > Z_MAX, z

@@ -20,6 +20,7 @@ from collapselab.config import parse_study
 from collapselab.models import Degenerate
 from collapselab.models.gmm import GaussianMixtureFamily, GmmParams
 from collapselab.models.kde import KdeParams, KernelDensityFamily
+from tests.statistics import metric_z_scores
 
 Z_MAX = 4.5  # two-sided, per generation; with ~10 generations a false alarm is ~1e-4
 
@@ -194,28 +195,12 @@ def recursion(step) -> np.ndarray:
     return np.array(values)
 
 
-def z_scores(metrics: pl.DataFrame, expected: np.ndarray) -> np.ndarray:
-    summary = (
-        metrics.filter(pl.col("metric") == "train_variance")
-        .group_by("generation")
-        .agg(
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").std().alias("sd"),
-            pl.len().alias("count"),
-        )
-        .sort("generation")
-    )
-    assert summary["count"].min() == REPLICATES
-    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
-    return (summary["mean"].to_numpy() - expected) / se
-
-
 def test_training_variance_follows_the_diffusion_recursion(replace_chain):
     # E[v_{t+1}] = (1 - 1/n)(v_t + h^2): sampling adds h^2, the ML fit of n points shrinks
     def step(v):
         return (1 - 1 / N) * (v + BANDWIDTH**2)
 
-    z = z_scores(replace_chain, recursion(step))
+    z = metric_z_scores(replace_chain, "train_variance", recursion(step), replicates=REPLICATES)
     assert np.max(np.abs(z)) < Z_MAX, z
     # its fixed point is the literature's limit (n - 1) h^2 (here 1, approached from 0.2)
     assert step((N - 1) * BANDWIDTH**2) == pytest.approx((N - 1) * BANDWIDTH**2)
@@ -224,8 +209,9 @@ def test_training_variance_follows_the_diffusion_recursion(replace_chain):
 def test_the_check_rejects_wrong_recursions(replace_chain):
     noise_not_shrunk = recursion(lambda v: (1 - 1 / N) * v + BANDWIDTH**2)  # limit n h^2
     no_shrinkage = recursion(lambda v: v + BANDWIDTH**2)  # unbounded diffusion
-    assert np.max(np.abs(z_scores(replace_chain, noise_not_shrunk))) > Z_MAX
-    assert np.max(np.abs(z_scores(replace_chain, no_shrinkage))) > Z_MAX
+    for wrong in (noise_not_shrunk, no_shrinkage):
+        z = metric_z_scores(replace_chain, "train_variance", wrong, replicates=REPLICATES)
+        assert np.max(np.abs(z)) > Z_MAX
 
 
 def test_variance_ratio_is_the_kdes_own_variance(replace_chain):

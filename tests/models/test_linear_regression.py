@@ -24,6 +24,7 @@ from collapselab.theory import (
     regression_accumulate_weight_sq_error,
     regression_replace_weight_sq_error,
 )
+from tests.statistics import metric_z_scores as z_scores
 
 Z_MAX = 4.5  # two-sided, per generation; with 11 generations a false alarm is ~1e-4
 REPLICATES = 1000
@@ -50,22 +51,6 @@ def simulate(strategy: dict, *, seed: int = 2024) -> pl.DataFrame:
     outcomes = run_many(study.run_specs())
     assert all(o.status == COMPLETED for o in outcomes)
     return outcomes_to_frames(outcomes)[1]
-
-
-def z_scores(metrics: pl.DataFrame, metric: str, expected) -> np.ndarray:
-    summary = (
-        metrics.filter(pl.col("metric") == metric)
-        .group_by("generation")
-        .agg(
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").std().alias("sd"),
-            pl.len().alias("count"),
-        )
-        .sort("generation")
-    )
-    t = summary["generation"].to_numpy()
-    se = summary["sd"].to_numpy() / np.sqrt(summary["count"].to_numpy())
-    return (summary["mean"].to_numpy() - expected(t)) / se
 
 
 @pytest.fixture(scope="module")
