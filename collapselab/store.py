@@ -22,14 +22,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from collapselab.chain import PROVENANCE_COLUMNS, SAMPLE_COLUMNS
+
 DONE_STATUSES = ("completed", "collapsed")
-SAMPLE_SCHEMA = {"run_id": pl.String, "generation": pl.Int64, "kind": pl.String, "items": pl.String}
-PROVENANCE_SCHEMA = {
-    "run_id": pl.String,
-    "generation": pl.Int64,
-    "origin": pl.Int64,
-    "points": pl.Int64,
-}
 PROVENANCE_READ_SCHEMA = {
     "run_id": pl.String,
     "family": pl.String,
@@ -194,9 +189,9 @@ class Store:
         ingested runs with none, so the database always holds one consistent result per run."""
         if runs.is_empty():
             return
-        samples = samples if samples is not None else pl.DataFrame(schema=SAMPLE_SCHEMA)
+        samples = samples if samples is not None else pl.DataFrame(schema=SAMPLE_COLUMNS)
         provenance = (
-            provenance if provenance is not None else pl.DataFrame(schema=PROVENANCE_SCHEMA)
+            provenance if provenance is not None else pl.DataFrame(schema=PROVENANCE_COLUMNS)
         )
         with self._connect(read_only=False) as con:
             con.register("incoming_runs", runs.to_arrow())
