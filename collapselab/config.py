@@ -190,9 +190,24 @@ class RunSpec(BaseModel):
     replicate: int
 
     @property
+    def results_versions(self) -> dict[str, int]:
+        """The results versions of the run's family and strategy: bumped by the code when their
+        numbers change for the same parameters (ModelFamily / Strategy `results_version`)."""
+        return {
+            "model": FAMILIES[self.model.family].results_version,
+            "strategy": STRATEGIES[self.strategy.name].results_version,
+        }
+
+    @property
     def run_id(self) -> str:
-        """Hash of the run's full parameters (code version excluded)."""
-        return _digest(self.model_dump(mode="json")).hex()[:20]
+        """Hash of the run's full parameters and of any results version above 1 (code version
+        otherwise excluded): a family or strategy that changes its numbers re-runs its runs, and
+        runs at version 1 keep the ids they always had. The seeds leave the versions out."""
+        payload = self.model_dump(mode="json")
+        for part, version in self.results_versions.items():
+            if version > 1:
+                payload[f"{part}_results_version"] = version
+        return _digest(payload).hex()[:20]
 
     def real_seed(self, data_key: str) -> np.random.SeedSequence:
         """R0, fresh real points and the test set: shared by every strategy of a replicate

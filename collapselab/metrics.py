@@ -14,7 +14,7 @@ def psd_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
-def gaussian_wasserstein2(
+def gaussian_wasserstein2_distance(
     mean_a: np.ndarray,
     cov_a: np.ndarray,
     mean_b: np.ndarray,

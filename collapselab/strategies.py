@@ -133,6 +133,9 @@ class Strategy(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[StrategyParams]]
     summary: ClassVar[str]
+    #: Bumped when the strategy's training sets change for the same parameters and seeds: part of
+    #: a run's identity (config.RunSpec.run_id), so stored runs built the old way are re-run.
+    results_version: ClassVar[int] = 1
 
     def __init__(self, params: StrategyParams) -> None:
         self.params = params
@@ -221,12 +224,22 @@ class FixedFraction(Strategy):
     name = "fixed-fraction"
     Params = FixedFractionParams
     summary = "round(p n) points of R0 (redrawn each generation) + the rest from S_{t-1}"
+    #: 2: the synthetic part takes the positions of S_{t-1} the real part left out (it took the
+    #: first n - k, so a regression's training design repeated some rows of R0 and lacked others).
+    results_version = 2
     params: FixedFractionParams
 
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
-        k = self.params.real_count(history.n)
-        real = history.r0.take(rng.choice(history.n, size=k, replace=False))
-        return TrainingSet.concat([real, history.latest.take(slice(0, history.n - k))])
+        """Positions 0..n-1 split at random: R0's points at k of them, S_{t-1}'s at the others.
+        S_{t-1}'s points are exchangeable, so which ones are kept changes no law; but a family
+        whose i-th sample belongs with R0's i-th point (a regression relabels R0's design row by
+        row) thereby trains on exactly R0's design, a share p of it with real labels."""
+        n, k = history.n, self.params.real_count(history.n)
+        real_positions = rng.choice(n, size=k, replace=False)
+        synthetic_positions = np.setdiff1d(np.arange(n), real_positions, assume_unique=True)
+        return TrainingSet.concat(
+            [history.r0.take(real_positions), history.latest.take(synthetic_positions)]
+        )
 
 
 class FreshDataParams(_RealFractionParams):

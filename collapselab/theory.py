@@ -65,6 +65,13 @@ def kde_train_variance(t: np.ndarray | int, n: int, bandwidth: float, v0: float)
     return limit + (v0 - limit) * (1.0 - 1.0 / n) ** np.asarray(t, dtype=float)
 
 
+def kde_rule_train_variance(t: np.ndarray | int, n: int, factor: float, v0: float) -> np.ndarray:
+    """Gaussian KDE whose bandwidth is a rule of thumb h = c s (s the sample's sd, ddof 1),
+    replace: E[v_t] = v0 (1 - 1/n + c^2)^t. h^2 = c^2 v n / (n - 1) for ML variance v, so
+    v_{t+1} = (1 - 1/n)(v_t + h^2) = (1 - 1/n + c^2) v_t in expectation: geometric growth."""
+    return v0 * (1.0 - 1.0 / n + factor**2) ** np.asarray(t, dtype=float)
+
+
 # --- reference curves for a run's parameters ----------------------------------------------------
 #
 # The report draws these under the simulated curves and `collapselab validate` tests the
@@ -164,12 +171,25 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
                 lambda t: categorical_gini_simpson(t, n, truth_gs),
             )
         ]
-    if family == "kde" and replace and not isinstance(params.bandwidth, str):
-        h = float(params.bandwidth)
+    if family == "kde" and replace:
         centres = np.asarray(params.centers, dtype=float)
         spread = np.sum((centres - centres.mean(axis=0)) ** 2, axis=1).mean() / centres.shape[1]
         # R0's ML variance per dimension: (1 - 1/n) times the truth mixture's
         v0 = (1.0 - 1.0 / n) * (params.cluster_std**2 + float(spread))
+        if isinstance(params.bandwidth, str):
+            from collapselab.models.kde import rule_of_thumb_factor  # lazy, as above
+
+            c = rule_of_thumb_factor(params.bandwidth, n, centres.shape[1])
+            growth = 1.0 - 1.0 / n + c * c
+            return [
+                _Reference(
+                    "train_variance",
+                    f"E[train variance] = v0 (1 - 1/n + c^2)^t = {v0:.3g} x {growth:.4g}^t, "
+                    f"{params.bandwidth} factor c = {c:.4g}, n = {n}",
+                    lambda t: kde_rule_train_variance(t, n, c, v0),
+                )
+            ]
+        h = float(params.bandwidth)
         return [
             _Reference(
                 "train_variance",
@@ -204,10 +224,11 @@ def describe_reference(
     )
 
 
-def value_after_collapse(*, model: dict[str, Any], metric: str) -> float | None:
-    """The value `metric` keeps for ever once a chain has collapsed, when its closed form averages
-    over collapsed chains too: a categorical chain left with one word sits in Wright-Fisher's
-    absorbing state, Gini-Simpson 0. None: collapsed chains are outside the law (drop them)."""
+def value_after_degenerate(*, model: dict[str, Any], metric: str) -> float | None:
+    """The value `metric` keeps for ever once a chain's fit has degenerated (status `degenerate`),
+    when its closed form averages over such chains too: a categorical chain left with one word
+    sits in Wright-Fisher's absorbing state, Gini-Simpson 0. None: degenerate chains are outside
+    the law (drop them)."""
     if model.get("family") == "categorical" and metric == "gini_simpson":
         return 0.0
     return None

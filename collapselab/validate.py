@@ -18,8 +18,9 @@ import numpy as np
 import polars as pl
 
 from collapselab import theory
-from collapselab.chain import COLLAPSED, FAILED, RunOutcome, run_many
+from collapselab.chain import RunOutcome, run_many
 from collapselab.config import RunSpec, StudyConfig
+from collapselab.tables import RunStatus
 
 #: Two-sided per-generation threshold. With ~20 generations and ~10 cases a correct formula is
 #: flagged by chance about once in a hundred validations (a probability of 6e-5 per comparison).
@@ -31,7 +32,7 @@ RESULT_COLUMNS = {
     "metric": pl.String,
     "reference": pl.String,
     "runs": pl.Int64,
-    "collapsed": pl.Int64,
+    "degenerate": pl.Int64,
     "failed": pl.Int64,
     "generation": pl.Int64,
     "prediction": pl.Float64,
@@ -69,12 +70,12 @@ def _case_key(spec: RunSpec) -> tuple[str, str, int, int]:
 
 
 def _observed(outcomes: list[RunOutcome], metric: str, absorbed: float | None) -> pl.DataFrame:
-    """(generation, value) per replicate. A collapsed chain contributes its absorbing value after
-    the collapse when the law counts collapsed chains, and nothing after it otherwise."""
+    """(generation, value) per replicate. A degenerate chain contributes its absorbing value after
+    its fit degenerated when the law counts such chains, and nothing after it otherwise."""
     generations: list[int] = []
     values: list[float] = []
     for outcome in outcomes:
-        if outcome.status == FAILED:
+        if outcome.status == RunStatus.failed:
             continue
         seen = set()
         for g, name, value in zip(outcome.generation, outcome.metric, outcome.value, strict=True):
@@ -82,7 +83,7 @@ def _observed(outcomes: list[RunOutcome], metric: str, absorbed: float | None) -
                 generations.append(g)
                 values.append(value)
                 seen.add(g)
-        if outcome.status == COLLAPSED and absorbed is not None:
+        if outcome.status == RunStatus.degenerate and absorbed is not None:
             missing = [g for g in range(outcome.spec.generations + 1) if g not in seen]
             generations.extend(missing)
             values.extend([absorbed] * len(missing))
@@ -105,9 +106,9 @@ def validate_outcomes(outcomes: list[RunOutcome], *, z_max: float = Z_MAX) -> pl
         model_json = spec.model.model_dump(mode="json")
         strategy_json = spec.strategy.model_dump(mode="json")
         final = spec.generations
-        failed = sum(o.status == FAILED for o in group)
+        failed = sum(o.status == RunStatus.failed for o in group)
         for metric, expected in _curves(spec).items():
-            absorbed = theory.value_after_collapse(model=model_json, metric=metric)
+            absorbed = theory.value_after_degenerate(model=model_json, metric=metric)
             table = theory.deviation_table(_observed(group, metric, absorbed), expected)
             last = table.filter(pl.col("generation") == final)
             worst = table.sort(pl.col("z").abs(), descending=True).head(1)
@@ -121,7 +122,7 @@ def validate_outcomes(outcomes: list[RunOutcome], *, z_max: float = Z_MAX) -> pl
                         model=model_json, strategy=strategy_json, n=spec.n, metric=metric
                     ),
                     "runs": len(group),
-                    "collapsed": sum(o.status == COLLAPSED for o in group),
+                    "degenerate": sum(o.status == RunStatus.degenerate for o in group),
                     "failed": failed,
                     "generation": final,
                     "prediction": float(expected[final]),
@@ -170,7 +171,7 @@ def table_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
         worst = (
             "-" if row["worst_z"] is None else f"{row['worst_z']:+.2f} ({row['worst_generation']})"
         )
-        notes = [f"{row['collapsed']} collapsed"] if row["collapsed"] else []
+        notes = [f"{row['degenerate']} degenerate"] if row["degenerate"] else []
         notes += [f"{row['failed']} FAILED"] if row["failed"] else []
         cells.append(
             [

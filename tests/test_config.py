@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import yaml
 
 from collapselab.config import StudyError, load_study, parse_study
+from collapselab.models import FAMILIES
 
 
 def error_of(study: dict) -> str:
@@ -258,3 +262,72 @@ def test_collapse_thresholds_change_no_run_id_or_seed(tiny_study):
         for a, b in zip(plain, tuned, strict=True)
     )
     assert "collapse_thresholds" not in tuned[0].model_dump()
+
+
+def _grid(families: list[dict], strategies: list) -> list:
+    study = {
+        "name": "versions",
+        "seed": 3,
+        "generations": 4,
+        "replicates": 2,
+        "samples_per_generation": 20,
+        "test_size": 10,
+        "models": families,
+        "strategies": strategies,
+    }
+    return parse_study(study).run_specs()
+
+
+def _seeds(spec) -> list[list[int]]:
+    return [
+        spec.chain_seed().generate_state(4).tolist(),
+        spec.metric_seed().generate_state(4).tolist(),
+        spec.real_seed("key").generate_state(4).tolist(),
+    ]
+
+
+def _unversioned_id(spec) -> str:
+    """The run id as it was before results versions: the hash of the parameters alone."""
+    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def test_families_at_results_version_one_keep_their_run_ids():
+    """Users' stored runs of unchanged families (and strategies) are not re-run."""
+    specs = _grid([{"family": "gmm"}, {"family": "ngram"}], ["replace", "accumulate"])
+    assert all(s.results_versions == {"model": 1, "strategy": 1} for s in specs)
+    assert [s.run_id for s in specs] == [_unversioned_id(s) for s in specs]
+    assert specs[0].run_id == "0c18ab4ac63b829f639c"  # pinned: the id main gave this run
+
+
+def test_the_families_that_changed_their_numbers_are_versioned():
+    assert {name: family.results_version for name, family in FAMILIES.items()} == {
+        "categorical": 2,  # finite floored scores, unseen_test_rate
+        "digits": 2,  # frechet_distance -> frechet_distance_squared
+        "gaussian": 2,  # wasserstein2 -> wasserstein2_distance
+        "gmm": 1,
+        "kde": 2,  # scott / silverman scale with the sample's spread
+        "linear-regression": 1,  # its fixed-fraction change is fixed-fraction's version
+        "ngram": 1,
+    }
+    changed = _grid([{"family": "categorical"}, {"family": "gaussian"}], ["replace"])
+    assert not {s.run_id for s in changed} & {_unversioned_id(s) for s in changed}
+    fixed = _grid([{"family": "gmm"}], [{"name": "fixed-fraction", "real_fraction": 0.5}])
+    assert fixed[0].results_versions == {"model": 1, "strategy": 2}
+    assert fixed[0].run_id != _unversioned_id(fixed[0])
+
+
+def test_a_results_version_bump_moves_that_familys_run_ids_only(monkeypatch):
+    models = [{"family": "gmm"}, {"family": "ngram"}, {"family": "gaussian"}]
+    strategies = ["replace", {"name": "fixed-fraction", "real_fraction": 0.2}]
+    before = _grid(models, strategies)
+    ids_before, seeds_before = [s.run_id for s in before], [_seeds(s) for s in before]
+    monkeypatch.setattr(FAMILIES["gmm"], "results_version", 2)
+    after = _grid(models, strategies)
+    for spec, old_id, old_seeds in zip(after, ids_before, seeds_before, strict=True):
+        assert (spec.run_id != old_id) == (spec.model.family == "gmm"), spec.model.label()
+        assert _seeds(spec) == old_seeds  # the seeds, hence the numbers' draws, never move
+    assert len({s.run_id for s in after}) == len(after)
+    gmm_v2 = after[0].run_id
+    monkeypatch.setattr(FAMILIES["gmm"], "results_version", 3)
+    assert _grid(models, strategies)[0].run_id not in {gmm_v2, ids_before[0]}

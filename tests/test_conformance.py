@@ -8,7 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from collapselab.chain import COLLAPSED, COMPLETED, FAILED, run_chain
+from collapselab.chain import COMPLETED, DEGENERATE, FAILED, run_chain
 from collapselab.config import parse_study
 from collapselab.models import FAMILIES
 from collapselab.strategies import STRATEGIES
@@ -110,7 +110,7 @@ def test_longer_study_reproduces_shorter_prefix():
     assert long.value[:prefix] == short.value
 
 
-def test_degenerate_fit_ends_the_run_as_collapsed():
+def test_degenerate_fit_ends_the_run_as_degenerate():
     # dim 3 from 3 points: the ML covariance has rank 2 at generation 0
     spec = parse_study(
         {
@@ -125,11 +125,11 @@ def test_degenerate_fit_ends_the_run_as_collapsed():
         }
     ).run_specs()[0]
     outcome = run_chain(spec)
-    assert outcome.status == COLLAPSED and outcome.collapse_generation == 0
+    assert outcome.status == DEGENERATE == "degenerate" and outcome.degenerate_generation == 0
     assert "singular" in outcome.error and outcome.value == []
 
 
-def test_collapse_mid_chain_keeps_earlier_metrics():
+def test_degeneration_mid_chain_keeps_earlier_metrics():
     # temperature 0.01 shrinks the variance by 100x a generation: below 1e-12 in a few steps
     spec = parse_study(
         {
@@ -144,9 +144,9 @@ def test_collapse_mid_chain_keeps_earlier_metrics():
         }
     ).run_specs()[0]
     outcome = run_chain(spec)
-    assert outcome.status == COLLAPSED
-    assert 3 <= outcome.collapse_generation <= 10
-    assert max(outcome.generation) == outcome.collapse_generation - 1
+    assert outcome.status == DEGENERATE == "degenerate"
+    assert 3 <= outcome.degenerate_generation <= 10
+    assert max(outcome.generation) == outcome.degenerate_generation - 1
 
 
 def test_an_exception_is_recorded_as_failed():

@@ -122,6 +122,12 @@ def test_fixed_fraction_mixes_r0_and_latest(p, n, generations, seed):
         assert set(values[is_real(values)].tolist()) <= set(ids(history.r0).tolist())
         assert len(set(values[is_real(values)].tolist())) == k
         assert np.all(train.origin[train.origin != REAL] == t - 1)
+        # the real part's positions in R0 and the synthetic part's in S_{t-1} are complementary:
+        # a family whose i-th sample belongs with R0's i-th point covers R0 exactly once
+        r0_position = {v: i for i, v in enumerate(ids(history.r0).tolist())}
+        positions = [r0_position[v] for v in values[is_real(values)].tolist()]
+        positions += (values[~is_real(values)] - t * SYNTHETIC_OFFSET).astype(int).tolist()
+        assert sorted(positions) == list(range(n))
 
 
 @settings(max_examples=40, deadline=None)
@@ -155,6 +161,33 @@ def test_finite_real_data_runs_out_loudly():
     stream.take(5)
     with pytest.raises(ValueError, match="exhausted"):
         stream.take(2)
+
+
+def test_fixed_fraction_redraws_its_real_part_uniformly():
+    """Each R0 position is real with probability k / n a generation (binomial z-score over many
+    draws): the fix keeps the redraw, it only pairs the synthetic part with the rest."""
+    n, k, draws = 10, 3, 4000
+    _, history, sets = run_history(
+        FixedFractionParams(real_fraction=k / n), n=n, generations=draws, seed=8
+    )
+    r0_position = {v: i for i, v in enumerate(ids(history.r0).tolist())}
+    counts = np.zeros(n)
+    for _, train in sets:
+        for v in ids(train)[train.origin == REAL].tolist():
+            counts[r0_position[v]] += 1
+    share = k / n
+    z = (counts - draws * share) / np.sqrt(draws * share * (1 - share))
+    assert np.max(np.abs(z)) < 4.0, z
+
+
+def test_only_fixed_fraction_changed_its_results():
+    assert {name: cls.results_version for name, cls in STRATEGIES.items()} == {
+        "replace": 1,
+        "accumulate": 1,
+        "accumulate-subsample": 1,
+        "fixed-fraction": 2,
+        "fresh-data": 1,
+    }
 
 
 def test_every_strategy_is_covered_here():

@@ -80,6 +80,8 @@ def curves(model: dict, strategy: dict | str = "replace", n: int = 20) -> dict[s
         ({"family": "linear-regression", "dim": 5}, "accumulate", {"weight_sq_error"}),
         ({"family": "categorical", "vocab_size": 50}, "replace", {"gini_simpson"}),
         ({"family": "kde", "bandwidth": 0.5}, "replace", {"train_variance"}),
+        ({"family": "kde", "bandwidth": "scott"}, "replace", {"train_variance"}),
+        ({"family": "kde", "bandwidth": "silverman"}, "replace", {"train_variance"}),
         ({"family": "gaussian"}, {"name": "fixed-fraction", "real_fraction": 0.0},
          {"variance_ratio"}),
         ({"family": "gaussian"}, {"name": "fresh-data", "real_fraction": 0}, {"variance_ratio"}),
@@ -106,7 +108,7 @@ def test_closed_form_cases(model, strategy, metrics):
         ({"family": "linear-regression", "dim": 19}, "replace"),  # T = 20 < d + 2
         ({"family": "categorical", "vocab_size": 50, "smoothing": 0.5}, "replace"),
         ({"family": "categorical", "vocab_size": 50}, "accumulate"),
-        ({"family": "kde", "bandwidth": "scott"}, "replace"),
+        ({"family": "kde", "bandwidth": "scott"}, "accumulate"),
         ({"family": "kde"}, "accumulate"),
         ({"family": "gmm"}, "replace"),
         ({"family": "ngram"}, "replace"),
@@ -186,11 +188,11 @@ def test_descriptions_name_every_curve_and_only_those():
     assert not theory.describe_reference(model=model, strategy=cold, n=20, metric="variance_ratio")
 
 
-def test_only_categorical_diversity_counts_collapsed_chains():
+def test_only_categorical_diversity_counts_degenerate_chains():
     categorical, gaussian = {"family": "categorical"}, {"family": "gaussian"}
-    assert theory.value_after_collapse(model=categorical, metric="gini_simpson") == 0.0
-    assert theory.value_after_collapse(model=categorical, metric="entropy") is None
-    assert theory.value_after_collapse(model=gaussian, metric="variance_ratio") is None
+    assert theory.value_after_degenerate(model=categorical, metric="gini_simpson") == 0.0
+    assert theory.value_after_degenerate(model=categorical, metric="entropy") is None
+    assert theory.value_after_degenerate(model=gaussian, metric="variance_ratio") is None
 
 
 # --- deviation in standard errors ----------------------------------------------------------------
@@ -236,3 +238,15 @@ def test_max_deviation_is_a_z_score():
     assert theory.max_deviation_in_se(observed, truth) < Z_MAX
     shifted = truth + 10 * 0.5 / math.sqrt(replicates)
     assert theory.max_deviation_in_se(observed, shifted) > Z_MAX
+
+
+def test_a_rule_of_thumb_kde_grows_geometrically():
+    """h = c s under replace: E[v_t] = v0 (1 - 1/n + c^2)^t with Scott's c = n^(-1/(d+4))."""
+    params = {"family": "kde", "bandwidth": "scott", "centers": [[0.0, 0.0]]}
+    found = curves(params, n=20)["train_variance"]
+    c2 = 20 ** (-2 / 6)
+    assert np.allclose(found, 0.95 * (0.95 + c2) ** GENERATIONS)
+    caption = theory.describe_reference(
+        model=params, strategy={"name": "replace"}, n=20, metric="train_variance"
+    )
+    assert "scott" in caption and f"{20 ** (-1 / 6):.4g}" in caption

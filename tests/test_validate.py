@@ -86,15 +86,15 @@ def test_every_closed_form_case_passes(outcomes):
     assert row["z"] == pytest.approx((row["mean"] - row["prediction"]) / row["se"])
 
 
-def test_collapsed_chains_count_in_the_diversity_law(outcomes, monkeypatch):
-    """Collapsed categorical chains hold Gini-Simpson 0 from their collapse on; dropping them
+def test_degenerate_chains_count_in_the_diversity_law(outcomes, monkeypatch):
+    """Degenerate categorical chains (one word left) hold Gini-Simpson 0 from then on; dropping them
     instead would bias the mean upwards and fail the check."""
     frame = validate_outcomes(outcomes)
     row = frame.filter(pl.col("metric") == "gini_simpson").row(0, named=True)
-    assert row["collapsed"] > 0.05 * REPLICATES and row["passed"]
+    assert row["degenerate"] > 0.05 * REPLICATES and row["passed"]
     # without the absorbing value the survivors alone are clearly off the law
     categorical = [o for o in outcomes if o.spec.model.family == "categorical"]
-    monkeypatch.setattr(theory, "value_after_collapse", lambda *, model, metric: None)
+    monkeypatch.setattr(theory, "value_after_degenerate", lambda *, model, metric: None)
     assert validate_outcomes(categorical)["worst_z"][0] > Z_MAX
 
 

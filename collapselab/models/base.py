@@ -19,7 +19,8 @@ from collapselab.data import RealData
 
 
 class Degenerate(Exception):
-    """A fit that collapsed (zero variance, singular covariance, ...): a result, not an error."""
+    """A fit that degenerated (zero variance, singular covariance, ...): it ends the run with
+    status `degenerate`, a result, not an error."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class ModelFamily(ABC):
     #: Whether two real points are never equal (continuous data, a de-duplicated data set), so a
     #: held-out point can be recognised by value. False for tokens drawn from a vocabulary.
     distinct_points: ClassVar[bool] = True
+    #: Bumped whenever the family's numbers change for the same parameters and seeds (a metric
+    #: added, renamed or computed differently): part of a run's identity (config.RunSpec.run_id),
+    #: so stored runs of the old numbers are re-run while other families' runs stay stored.
+    results_version: ClassVar[int] = 1
 
     def __init__(self, params: FamilyParams, *, context: RunContext | None = None) -> None:
         self.params = params

@@ -6,11 +6,17 @@ word id in frequency order (id 0 is the most frequent word). Refitting by counts
 resampling (../shared/literature.md, item 6): each word's expected frequency is preserved, the
 expected Gini-Simpson diversity shrinks by (1 - 1/n) a fit, and without smoothing a word whose count
 reaches zero is gone for ever, so the tail fades first.
+
+Scores use a floor, as `ngram` does: held-out tokens and the KL divergence are computed under
+q' = (1 - u) p + u / V, with u = `UNSEEN_MASS` spread uniformly over the V words, so `test_nll`
+and `kl_truth_model` stay finite when the model has lost words (or never saw them: at V = 200,
+n = 100 model 0 cannot produce about a third of held-out tokens). The floor is a scoring device
+only: the sampler draws from p itself, so a lost word stays lost. `unseen_test_rate` counts the
+held-out tokens p gives zero probability, and `lost_mass` the truth's mass on them.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Literal, Self
 
@@ -25,6 +31,10 @@ LANGUAGE = "en"
 #: Significant digits of the probabilities kept for the rank-frequency gallery: plenty for a
 #: log-log curve, and it keeps a large vocabulary's JSON small.
 RANK_DIGITS = 4
+#: Scoring floor u: the share of probability the scores spread uniformly over the vocabulary
+#: (ngram's `unknown_mass` default). A fixed constant, not a parameter: seeds and run ids of
+#: existing studies stay as they were. A lost word costs -log(u / V) nats (12.2 at V = 200).
+UNSEEN_MASS = 1e-3
 
 
 @lru_cache(maxsize=8)
@@ -79,9 +89,12 @@ class Categorical(ModelFamily):
         "kl_truth_model",
         "rarest_rank",
         "test_nll",
+        "unseen_test_rate",
     )
     temperature_meaning = "word probabilities raised to 1/T, renormalised (exact)"
     distinct_points = False
+    #: 2: floored (finite) `test_nll` and `kl_truth_model`, and `unseen_test_rate`.
+    results_version = 2
 
     params: CategoricalParams
 
@@ -128,18 +141,20 @@ class Categorical(ModelFamily):
         )
         return rng.choice(probabilities.size, size=n, p=probabilities)
 
+    @property
+    def scoring_probabilities(self) -> np.ndarray:
+        """q' = (1 - u) p + u / V: the floored probabilities every score uses (never sampled)."""
+        return (1.0 - UNSEEN_MASS) * self.probabilities_ + UNSEEN_MASS / self.params.vocab_size
+
     def score(self, X: np.ndarray) -> float:
-        """Mean negative log-likelihood per token; +inf if a token has model probability zero."""
-        token_probabilities = self.probabilities_[self._token_ids(X)]
-        if np.any(token_probabilities == 0):
-            return math.inf
-        return float(-np.mean(np.log(token_probabilities)))
+        """Mean negative log-likelihood per token under the floored q' (finite, see above)."""
+        return float(-np.mean(np.log(self.scoring_probabilities[self._token_ids(X)])))
 
     def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
         p, truth = self.probabilities_, self.truth
         alive = p > 0
-        # every true word has mass, so KL(truth || model) is infinite once one is lost
-        kl = float(np.sum(truth * (np.log(truth) - np.log(p)))) if alive.all() else math.inf
+        # KL(truth || q'): finite; a lost word i contributes truth_i log(truth_i V / u)
+        kl = float(np.sum(truth * (np.log(truth) - np.log(self.scoring_probabilities))))
         return {
             "vocab_survival": float(np.mean(alive)),
             "gini_simpson": float(1.0 - p @ p),
@@ -148,6 +163,7 @@ class Categorical(ModelFamily):
             "kl_truth_model": kl,
             "rarest_rank": float(np.flatnonzero(alive)[-1] + 1),
             "test_nll": self.score(test),
+            "unseen_test_rate": float(np.mean(~alive[self._token_ids(test)])),
         }
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[list[float]]]:

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from collapselab.data import PooledData, RealData
-from collapselab.metrics import gaussian_wasserstein2
+from collapselab.metrics import gaussian_wasserstein2_distance
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
 
 PIXELS = 64
@@ -164,12 +164,12 @@ def _mean_and_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+def frechet_distance_squared(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Squared Frechet (2-Wasserstein) distance between Gaussians fitted to two feature sets: the
     FID convention, in the fixed PCA feature space (pixel units^2)."""
     mean_a, cov_a = _mean_and_cov(features_a)
     mean_b, cov_b = _mean_and_cov(features_b)
-    return gaussian_wasserstein2(mean_a, cov_a, mean_b, cov_b) ** 2
+    return gaussian_wasserstein2_distance(mean_a, cov_a, mean_b, cov_b) ** 2
 
 
 def latent_spread(features: np.ndarray) -> float:
@@ -193,7 +193,7 @@ class Digits(ModelFamily):
         "class_diversity",
         "knn_precision",
         "knn_recall",
-        "frechet_distance",
+        "frechet_distance_squared",
         "latent_spread",
         "test_nll",
     )
@@ -201,6 +201,8 @@ class Digits(ModelFamily):
         "mixture weights proportional to w^(1/T) and component covariances times T "
         "(approximates density^(1/T)), then decode and clip"
     )
+    #: 2: `frechet_distance` renamed `frechet_distance_squared` (it holds the squared distance).
+    results_version = 2
 
     params: DigitsParams
 
@@ -306,7 +308,7 @@ class Digits(ModelFamily):
             "class_diversity": class_diversity(samples),
             "knn_precision": precision,
             "knn_recall": recall,
-            "frechet_distance": frechet_distance(sample_features, test_features),
+            "frechet_distance_squared": frechet_distance_squared(sample_features, test_features),
             "latent_spread": latent_spread(sample_features),
             "test_nll": self.score(test),
         }

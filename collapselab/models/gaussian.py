@@ -16,14 +16,14 @@ from pydantic import PositiveInt, model_validator
 from collapselab.data import RealData, SampledData
 from collapselab.metrics import (
     gaussian_mean_nll,
-    gaussian_wasserstein2,
+    gaussian_wasserstein2_distance,
     normal_two_sided_tail,
     psd_sqrt,
 )
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
 
 #: A fitted covariance whose smallest eigenvalue falls below this share of the true covariance's
-#: average eigenvalue can no longer be sampled or scored meaningfully: the chain has collapsed.
+#: average eigenvalue can no longer be sampled or scored meaningfully: the fit is degenerate.
 COLLAPSE_EIGENVALUE_SHARE = 1e-12
 
 
@@ -65,11 +65,13 @@ class Gaussian(ModelFamily):
     metric_names = (
         "mean_sq_error",
         "variance_ratio",
-        "wasserstein2",
+        "wasserstein2_distance",
         "test_nll",
         "tail_mass_ratio",
     )
     temperature_meaning = "density^(1/T) renormalised: the covariance times T"
+    #: 2: `wasserstein2` renamed `wasserstein2_distance` (it holds W2, not W2 squared).
+    results_version = 2
 
     params: GaussianParams
 
@@ -132,7 +134,7 @@ class Gaussian(ModelFamily):
         return {
             "mean_sq_error": float(np.sum((self.mean_ - self.true_mean) ** 2)),
             "variance_ratio": float(np.trace(self.cov_) / np.trace(self.true_cov)),
-            "wasserstein2": gaussian_wasserstein2(
+            "wasserstein2_distance": gaussian_wasserstein2_distance(
                 self.mean_,
                 self.cov_,
                 self.true_mean,

@@ -71,7 +71,7 @@ class GmmParams(FamilyParams):
     reg_covar: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-6
     #: Seed of EM's k-means initialisation: the fit is a deterministic function of its data.
     em_seed: NonNegativeInt = 0
-    #: End the run as collapsed when a component's covariance is singular before the `reg_covar`
+    #: End the run as degenerate when a component's covariance is singular before the `reg_covar`
     #: ridge (it sits on d or fewer points). False (default) keeps such a component as a
     #: ridge-wide Gaussian and the chain goes on, as in Shumailov's notebook; EM re-splits the
     #: data at the next fit. A covariance singular after the ridge always ends the run.

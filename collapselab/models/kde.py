@@ -4,6 +4,9 @@ A KDE diffuses rather than collapses: sampling it (a training point plus kernel 
 variance per dimension each generation, so under `replace` with a fixed bandwidth h the training
 sample's ML variance per dimension v obeys E[v_{t+1}] = (1 - 1/n)(v_t + h^2) and drifts to
 (n - 1) h^2 whatever the truth (../shared/literature.md, item 5).
+With a rule of thumb (`scott`, `silverman`) h^2 = c^2 s^2 follows the sample instead, so
+E[v_{t+1}] = (1 - 1/n + c^2) v_t: the chain's spread grows geometrically (c^2 = 0.215 at n = 100,
+d = 2 under Scott), the opposite of a Gaussian's collapse (theory.kde_rule_train_variance).
 
 The truth is a Gaussian mixture with FIXED centres, used for the training AND the test data alike.
 Kazdan et al.'s code called make_blobs without fixed centres and so redrew the centres for its
@@ -31,10 +34,12 @@ SCORE_RELATIVE_TOLERANCE = 1e-8
 
 class KdeParams(FamilyParams):
     family: Literal["kde"] = "kde"
-    #: Kernel standard deviation h, or sklearn's rule computed from the training size m and the
-    #: dimension d: `scott` m^(-1/(d+4)), `silverman` (m (d+2) / 4)^(-1/(d+4)). sklearn's rules
-    #: are the factors alone, NOT scaled by the data's spread (they assume standardised data),
-    #: and they shrink as an accumulated training set grows.
+    #: Kernel standard deviation h, or a rule of thumb read as a scientist reads it (scipy's
+    #: gaussian_kde, Silverman 1986): h = factor x the training sample's standard deviation s
+    #: (ddof 1, root of the mean per-coordinate variance), factor `scott` m^(-1/(d+4)) or
+    #: `silverman` (m (d+2) / 4)^(-1/(d+4)) for m training points in d dimensions. Unlike
+    #: sklearn's bare factors it scales with the data: h follows a chain's spread and shrinks
+    #: as an accumulated training set grows. See `rule_of_thumb_factor`.
     bandwidth: PositiveFiniteFloat | Literal["scott", "silverman"] = 0.5
     #: The truth: equal-weight isotropic Gaussian clusters at these fixed centres ...
     centers: tuple[tuple[FiniteFloat, ...], ...] = ((0.0, 0.0), (6.0, 0.0), (3.0, 5.0))
@@ -51,6 +56,22 @@ class KdeParams(FamilyParams):
         return self
 
 
+def rule_of_thumb_factor(rule: str, m: int, dim: int) -> float:
+    """The factor a rule of thumb multiplies the sample's standard deviation by (sklearn's and
+    scipy's `scott` / `silverman` factors)."""
+    if rule == "scott":
+        return m ** (-1.0 / (dim + 4))
+    if rule == "silverman":
+        return (m * (dim + 2) / 4.0) ** (-1.0 / (dim + 4))
+    raise ValueError(f"unknown bandwidth rule {rule!r}; allowed: scott, silverman")
+
+
+def pooled_sample_std(X: np.ndarray) -> float:
+    """Root of the mean per-coordinate sample variance (ddof 1): the one spread an isotropic
+    kernel can scale with."""
+    return math.sqrt(float(np.mean(np.var(X, axis=0, ddof=1))))
+
+
 @register
 class KernelDensityFamily(ModelFamily):
     name = "kde"
@@ -60,6 +81,8 @@ class KernelDensityFamily(ModelFamily):
         "kernel noise std times sqrt(T): density^(1/T) exactly only for a single kernel "
         "or non-overlapping kernels"
     )
+    #: 2: `scott` / `silverman` scale with the sample's standard deviation (were bare factors).
+    results_version = 2
 
     params: KdeParams
 
@@ -102,11 +125,17 @@ class KernelDensityFamily(ModelFamily):
     def fit(self, X: np.ndarray) -> Self:
         if len(X) == 0 or not np.all(np.isfinite(X)):
             raise Degenerate("no finite training points to place kernels on")
+        bandwidth = self.params.bandwidth
+        if isinstance(bandwidth, str):
+            spread = pooled_sample_std(X) if len(X) >= 2 else 0.0
+            if not spread > 0:
+                raise Degenerate(f"no spread for the {bandwidth} rule: the points coincide")
+            bandwidth = rule_of_thumb_factor(bandwidth, len(X), self.dim) * spread
         # rtol: sklearn's tree may stop summing kernels once the density is known to a relative
         # 1e-8 (1e-8 nats of log-density): far below any Monte Carlo noise, and several times
         # faster than the exact sum on an accumulated pool of thousands of points
         self.kde_ = KernelDensity(
-            kernel="gaussian", bandwidth=self.params.bandwidth, rtol=SCORE_RELATIVE_TOLERANCE
+            kernel="gaussian", bandwidth=bandwidth, rtol=SCORE_RELATIVE_TOLERANCE
         ).fit(X)
         self.bandwidth_ = float(self.kde_.bandwidth_)
         self.train_ = X

@@ -16,10 +16,11 @@ import pytest
 import wordfreq
 from pydantic import ValidationError
 
-from collapselab.chain import COLLAPSED, outcomes_to_frames, run_many
+from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
 from collapselab.models import Degenerate
 from collapselab.models.categorical import (
+    UNSEEN_MASS,
     Categorical,
     CategoricalParams,
     english_vocabulary,
@@ -63,7 +64,7 @@ def replace_chain() -> pl.DataFrame:
     )
     outcomes = run_many(study.run_specs())
     runs, metrics = outcomes_to_frames(outcomes)
-    assert runs["status"].is_in(["completed", COLLAPSED]).all()
+    assert runs["status"].is_in(["completed", "degenerate"]).all()
     grid = pl.DataFrame({"run_id": runs["run_id"]}).join(
         pl.DataFrame({"generation": list(range(GENERATIONS + 1))}), how="cross"
     )
@@ -145,6 +146,11 @@ def test_truth_is_wordfreq_renormalised_in_frequency_order():
     assert english_vocabulary(20) is english_vocabulary(20)  # loaded once per process
 
 
+def floored(p: np.ndarray) -> np.ndarray:
+    """The documented scoring floor q' = (1 - u) p + u / V, written out independently."""
+    return (1.0 - UNSEEN_MASS) * p + UNSEEN_MASS / p.size
+
+
 def test_fit_by_counts_and_every_metric_by_hand():
     _, truth = english_vocabulary(5)
     model = fitted([0, 0, 1, 2], vocab_size=5)
@@ -155,10 +161,24 @@ def test_fit_by_counts_and_every_metric_by_hand():
     assert values["gini_simpson"] == pytest.approx(1 - (0.25 + 2 * 0.0625))
     assert values["entropy"] == pytest.approx(-(0.5 * math.log(0.5) + 0.5 * math.log(0.25)))
     assert values["lost_mass"] == pytest.approx(truth[3] + truth[4])
-    assert values["kl_truth_model"] == math.inf  # a word with true mass is lost: meant
+    q = floored(p)
+    assert values["kl_truth_model"] == pytest.approx(float(np.sum(truth * np.log(truth / q))))
     assert values["rarest_rank"] == 3.0
-    assert values["test_nll"] == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
-    assert model.metrics(np.array([0, 4]), rng=RNG)["test_nll"] == math.inf
+    assert values["test_nll"] == pytest.approx(-(math.log(q[0]) + math.log(q[1])) / 2)
+    assert values["unseen_test_rate"] == 0.0
+    # a lost word is scored at the floor u / V, finite, and counted as unseen
+    lost = model.metrics(np.array([0, 4, 4, 3]), rng=RNG)
+    assert lost["test_nll"] == pytest.approx(-(math.log(q[0]) + 3 * math.log(UNSEEN_MASS / 5)) / 4)
+    assert lost["unseen_test_rate"] == pytest.approx(0.75)
+    assert set(model.metric_names) == set(values)
+
+
+def test_the_floor_scores_but_never_samples_a_lost_word():
+    model = fitted([0, 0, 1, 2], vocab_size=5)
+    draws = model.sample(20_000, rng=np.random.default_rng(1))
+    assert not np.isin(draws, [3, 4]).any()  # a lost word stays lost
+    assert np.all(model.scoring_probabilities > 0)
+    assert model.scoring_probabilities.sum() == pytest.approx(1.0)
 
 
 def test_smoothing_keeps_every_word_and_the_kl_finite():
@@ -168,9 +188,43 @@ def test_smoothing_keeps_every_word_and_the_kl_finite():
     assert np.allclose(model.probabilities_, p)
     values = model.metrics(np.array([3]), rng=RNG)
     assert values["vocab_survival"] == 1.0 and values["lost_mass"] == 0.0
-    assert values["rarest_rank"] == 4.0
-    assert values["kl_truth_model"] == pytest.approx(float(np.sum(truth * np.log(truth / p))))
-    assert values["test_nll"] == pytest.approx(-math.log(p[3]))
+    assert values["rarest_rank"] == 4.0 and values["unseen_test_rate"] == 0.0
+    q = floored(p)
+    assert values["kl_truth_model"] == pytest.approx(float(np.sum(truth * np.log(truth / q))))
+    assert values["test_nll"] == pytest.approx(-math.log(q[3]))
+
+
+def test_quick_study_categorical_scores_are_finite_at_every_generation():
+    """The quick study's categorical model (V = 200, n = 100, no smoothing) under every quick
+    strategy: model 0 already cannot produce about a third of held-out tokens, yet test_nll and
+    kl_truth_model are finite at every stored generation, and unseen_test_rate says how many."""
+    study = parse_study(
+        {
+            "name": "quick-categorical",
+            "seed": 0,
+            "generations": 30,
+            "replicates": 2,
+            "samples_per_generation": 100,
+            "test_size": 1000,
+            "models": [{"family": "categorical", "vocab_size": 200, "smoothing": 0}],
+            "strategies": [
+                "replace",
+                "accumulate",
+                "accumulate-subsample",
+                {"name": "fixed-fraction", "real_fraction": 0.2},
+                {"name": "fresh-data", "real_fraction": 0.2},
+                {"name": "replace", "temperature": 0.8},
+            ],
+        }
+    )
+    runs, metrics = outcomes_to_frames(run_many(study.run_specs()))
+    assert (runs["status"] != "failed").all()
+    for name in ("test_nll", "kl_truth_model", "unseen_test_rate"):
+        values = metrics.filter(pl.col("metric") == name)
+        assert values.height >= runs.height  # at least generation 0 of every run
+        assert values["value"].is_finite().all(), name
+    first = metrics.filter((pl.col("metric") == "unseen_test_rate") & (pl.col("generation") == 0))
+    assert 0.2 < first["value"].mean() < 0.5  # a third or so of held-out tokens unseen at n = 100
 
 
 def test_one_word_is_degenerate_unless_smoothed():

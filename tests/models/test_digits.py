@@ -30,7 +30,7 @@ from collapselab.models.digits import (
     digit_images,
     distinct_images,
     evaluation_tools,
-    frechet_distance,
+    frechet_distance_squared,
     knn_precision_recall,
     latent_spread,
     make_evaluation_classifier,
@@ -231,15 +231,23 @@ def test_metric_functions_on_real_and_constant_images():
     precision, recall = knn_precision_recall(generated_f, real_f, k=3)
     assert precision > 0.8 and recall > 0.8
     assert latent_spread(tools.features(images)) == pytest.approx(1.0)
-    real_distance = frechet_distance(generated_f, real_f)
+    real_distance = frechet_distance_squared(generated_f, real_f)
     # constant images: one class, nothing near real digits, no spread
     for value in (0.0, 8.0):
         constant_f = tools.features(np.full((500, 64), value))
         assert class_diversity(np.full((500, 64), value)) == 0.0
         assert knn_precision_recall(constant_f, real_f, k=3) == (0.0, 0.0)
         assert latent_spread(constant_f) == pytest.approx(0.0, abs=1e-12)
-        assert frechet_distance(constant_f, real_f) > 20 * real_distance
-    assert frechet_distance(real_f, real_f) == pytest.approx(0.0, abs=1e-6)
+        assert frechet_distance_squared(constant_f, real_f) > 20 * real_distance
+    assert frechet_distance_squared(real_f, real_f) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_squared_is_the_square():
+    """A pure shift by c leaves the covariances equal: the squared Frechet distance is |c|^2,
+    not |c| (the FID convention the name says)."""
+    features = np.random.default_rng(3).standard_normal((200, 4))
+    shift = np.array([3.0, 0.0, 4.0, 0.0])  # |c| = 5
+    assert frechet_distance_squared(features + shift, features) == pytest.approx(25.0, rel=1e-6)
 
 
 def test_knn_precision_recall_by_hand():

@@ -102,7 +102,7 @@ def test_metrics_are_zero_distance_at_the_truth():
     values = model.metrics(np.random.default_rng(1).normal(size=(100_000, 1)), rng=RNG)
     assert values["mean_sq_error"] == 0.0
     assert values["variance_ratio"] == pytest.approx(1.0)
-    assert values["wasserstein2"] == pytest.approx(0.0, abs=1e-7)
+    assert values["wasserstein2_distance"] == pytest.approx(0.0, abs=1e-7)
     assert values["tail_mass_ratio"] == pytest.approx(1.0)
     assert values["test_nll"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e), abs=0.01)
 
@@ -110,7 +110,7 @@ def test_metrics_are_zero_distance_at_the_truth():
 def test_wasserstein_and_tail_mass_in_one_dimension():
     model = fitted(np.array([[1.0], [2.0]]), dim=1)  # mean 1.5, sd 0.5
     values = model.metrics(np.zeros((1, 1)), rng=RNG)
-    assert values["wasserstein2"] == pytest.approx(np.sqrt(1.5**2 + 0.5**2))
+    assert values["wasserstein2_distance"] == pytest.approx(np.sqrt(1.5**2 + 0.5**2))
     # mass beyond +-2 of N(1.5, 0.25): P(Z > 1) + P(Z < -7), truth 2 P(Z > 2)
     from scipy.stats import norm
 

@@ -19,7 +19,7 @@ from scipy.stats import multivariate_normal, norm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from collapselab.chain import COLLAPSED, outcomes_to_frames, run_chain, run_many
+from collapselab.chain import DEGENERATE, outcomes_to_frames, run_chain, run_many
 from collapselab.config import parse_study
 from collapselab.metrics import mixture_l2_distance
 from collapselab.models import Degenerate
@@ -277,7 +277,7 @@ def test_em_stopping_early_is_not_degenerate_and_warns_nothing():
         ({"end_on_singular_component": True}, "before the ridge"),
     ],
 )
-def test_a_chain_that_shrinks_to_points_ends_collapsed(params, reason):
+def test_a_chain_that_shrinks_to_points_ends_degenerate(params, reason):
     # at T = 1e-9 the samples' spread is 3e-5 of the fitted sd: below the ridge (1e-6) and the
     # 1e-12 floor within two generations, a collapse when there is no ridge or it is not counted
     spec = parse_study(
@@ -293,10 +293,10 @@ def test_a_chain_that_shrinks_to_points_ends_collapsed(params, reason):
         }
     ).run_specs()[0]
     outcome = run_chain(spec)
-    assert outcome.status == COLLAPSED, outcome.error
+    assert outcome.status == DEGENERATE, outcome.error
     assert re.search(reason, outcome.error)
-    assert 1 <= outcome.collapse_generation <= 5
-    assert max(outcome.generation) == outcome.collapse_generation - 1
+    assert 1 <= outcome.degenerate_generation <= 5
+    assert max(outcome.generation) == outcome.degenerate_generation - 1
 
 
 def test_the_ridge_keeps_a_default_chain_alive_at_a_tiny_temperature():

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 from scipy.special import logsumexp
+from scipy.stats import gaussian_kde
 from sklearn.neighbors import KernelDensity
 
 from collapselab.chain import outcomes_to_frames, run_many
@@ -20,6 +21,7 @@ from collapselab.config import parse_study
 from collapselab.models import Degenerate
 from collapselab.models.gmm import GaussianMixtureFamily, GmmParams
 from collapselab.models.kde import KdeParams, KernelDensityFamily
+from collapselab.theory import kde_rule_train_variance
 from tests.statistics import metric_z_scores
 
 Z_MAX = 4.5  # two-sided, per generation; with ~10 generations a false alarm is ~1e-4
@@ -50,12 +52,27 @@ def test_bad_parameters_are_rejected(bad):
         KdeParams(**bad)
 
 
-def test_bandwidth_rules_are_sklearns_unscaled_factors():
-    X = np.random.default_rng(0).normal(size=(100, 2)) * 10  # the data's spread plays no part
-    assert fitted(X, bandwidth="scott").bandwidth_ == pytest.approx(100 ** (-1 / 6))
-    one_d = np.random.default_rng(1).normal(size=(50, 1))
+def test_bandwidth_rules_scale_with_the_samples_spread():
+    """h = factor x s, as scipy and Silverman read the rules: ten times the spread, ten times h."""
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    s = np.sqrt(np.mean(np.var(X, axis=0, ddof=1)))
+    scott = fitted(X, bandwidth="scott").bandwidth_
+    assert scott == pytest.approx(100 ** (-1 / 6) * s)
+    assert fitted(10 * X + 3, bandwidth="scott").bandwidth_ == pytest.approx(10 * scott)
+    one_d = np.random.default_rng(1).normal(size=(50, 1)) * 2.5
     model = fitted(one_d, bandwidth="silverman", centers=((0.0,),))
-    assert model.bandwidth_ == pytest.approx((50 * 3 / 4) ** (-1 / 5))
+    # Silverman's 1-D rule of thumb (4 / (3 m))^(1/5) s = 1.06 s m^(-1/5)
+    assert model.bandwidth_ == pytest.approx((4 / (3 * 50)) ** 0.2 * one_d.std(ddof=1))
+    # a scipy gaussian_kde with the same rule uses the same kernel width in 1-D
+    assert model.bandwidth_ == pytest.approx(
+        float(np.sqrt(gaussian_kde(one_d[:, 0], bw_method="silverman").covariance[0, 0]))
+    )
+
+
+def test_a_rule_without_spread_is_degenerate():
+    with pytest.raises(Degenerate, match="spread"):
+        fitted(np.ones((5, 2)), bandwidth="scott")
+    assert fitted(np.ones((5, 2)), bandwidth=0.5).bandwidth_ == 0.5  # a fixed h needs no spread
 
 
 # --- the truth: fixed centres, shared by training and test data ----------------------------------
@@ -219,3 +236,45 @@ def test_variance_ratio_is_the_kdes_own_variance(replace_chain):
     true_trace = 2 * CLUSTER_STD**2
     own = 2 * (wide["train_variance"].to_numpy() + BANDWIDTH**2) / true_trace
     assert np.allclose(wide["variance_ratio"].to_numpy(), own)
+
+
+# --- a rule-of-thumb bandwidth follows the spread: geometric growth -----------------------------
+
+RULE_N, RULE_GENERATIONS, RULE_REPLICATES = 10, 6, 800
+
+
+@pytest.fixture(scope="module")
+def scott_chain() -> pl.DataFrame:
+    study = parse_study(
+        {
+            "name": "kde-scott-theory",
+            "seed": 5,
+            "generations": RULE_GENERATIONS,
+            "replicates": RULE_REPLICATES,
+            "samples_per_generation": RULE_N,
+            "test_size": 1,
+            "models": [{"family": "kde", "bandwidth": "scott", "centers": [[0.0, 0.0]]}],
+            "strategies": ["replace"],
+        }
+    )
+    _, metrics = outcomes_to_frames(run_many(study.run_specs()))
+    return metrics
+
+
+def test_scott_training_variance_grows_by_one_minus_one_over_n_plus_c_squared(scott_chain):
+    c = RULE_N ** (-1 / 6)
+    v0 = 1 - 1 / RULE_N  # ML variance of n unit-variance points
+    right = kde_rule_train_variance(np.arange(RULE_GENERATIONS + 1), RULE_N, c, v0)
+    z = metric_z_scores(scott_chain, "train_variance", right, replicates=RULE_REPLICATES)
+    assert np.max(np.abs(z)) < Z_MAX, z
+    # the bare sklearn factor (h = c, not c s: diffusion to a fixed limit) would be seen
+    bare = recursion_from(v0, lambda v: (1 - 1 / RULE_N) * (v + c**2), RULE_GENERATIONS)
+    z = metric_z_scores(scott_chain, "train_variance", bare, replicates=RULE_REPLICATES)
+    assert np.max(np.abs(z)) > Z_MAX
+
+
+def recursion_from(v0: float, step, generations: int) -> np.ndarray:
+    values = [v0]
+    for _ in range(generations):
+        values.append(step(values[-1]))
+    return np.array(values)

@@ -275,3 +275,54 @@ def test_fresh_data_fits_new_rows_but_samples_relabel_r0s_design():
         fresh, synthetic = rows[:5, :3], rows[5:, :3]  # round(0.25 * 20) = 5 fresh real rows
         assert not any(row.tobytes() in r0_design for row in fresh)
         assert all(row.tobytes() in r0_design for row in synthetic)
+
+
+def fixed_fraction_fits(real_fraction: float, *, rows: int, dim: int, generations: int = 3):
+    """The training sets the chain fits under fixed-fraction, through the real chain."""
+    study = parse_study(
+        {
+            "name": "fixed",
+            "seed": 4,
+            "generations": generations,
+            "replicates": 1,
+            "samples_per_generation": rows,
+            "test_size": 10,
+            "models": [{"family": "linear-regression", "dim": dim}],
+            "strategies": [{"name": "fixed-fraction", "real_fraction": real_fraction}],
+        }
+    )
+    fitted_on: list[np.ndarray] = []
+    real_fit = LinearRegression.fit
+
+    def spy(self, X):
+        fitted_on.append(np.array(X, copy=True))
+        return real_fit(self, X)
+
+    with mock.patch.object(LinearRegression, "fit", spy):
+        outcome = run_chain(study.run_specs()[0])
+    assert outcome.status == COMPLETED, outcome.error
+    return outcome, fitted_on
+
+
+def test_fixed_fraction_trains_on_exactly_r0s_design():
+    """p = 0.2, n = 100: every training design is R0's 100 distinct rows, 20 with their real
+    labels and the other 80 relabelled by the model (no row twice, none missing)."""
+    _, fitted_on = fixed_fraction_fits(0.2, rows=100, dim=5)
+    r0 = {row[:5].tobytes(): row[5] for row in fitted_on[0]}
+    assert len(r0) == 100
+    for rows in fitted_on[1:]:
+        design = [row[:5].tobytes() for row in rows]
+        assert len(set(design)) == 100 and set(design) == set(r0)
+        real_label = np.array([r0[key] == row[5] for key, row in zip(design, rows, strict=True)])
+        assert real_label[:20].all() and not real_label[20:].any()
+
+
+def test_fixed_fraction_one_refits_r0_for_ever():
+    """p = 1: each training set is R0 itself (reordered), so every model is model 0."""
+    outcome, fitted_on = fixed_fraction_fits(1.0, rows=30, dim=4, generations=4)
+    first = {row.tobytes() for row in fitted_on[0]}
+    assert all({row.tobytes() for row in rows} == first for rows in fitted_on[1:])
+    errors = [
+        v for m, v in zip(outcome.metric, outcome.value, strict=True) if m == "weight_sq_error"
+    ]
+    assert np.allclose(errors, errors[0], rtol=1e-9, atol=0)
