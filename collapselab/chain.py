@@ -1,7 +1,7 @@
 """Run one chain: fit model 0 on real data, then sample, rebuild the training set, refit, G times.
 
 Pure computation: a `RunSpec` in, a `RunOutcome` out (no I/O, no orchestration). A degenerate fit
-ends the chain as `collapsed` (a deterministic result); any other exception marks it `failed`.
+ends the chain as `degenerate` (a deterministic result); any other exception marks it `failed`.
 
 Provenance: for each generation t the chain also records the composition of model t's training
 set by origin (-1 real, k >= 0 synthetic from model k), as (generation, origin, points) rows with
@@ -34,8 +34,15 @@ from collapselab import __version__
 from collapselab.config import RunSpec
 from collapselab.models import Degenerate, RunContext, build_model
 from collapselab.strategies import REAL, History, TrainingSet, build_strategy
+from collapselab.tables import (
+    METRIC_COLUMNS,
+    PROVENANCE_COLUMNS,
+    RUN_COLUMNS,
+    SAMPLE_COLUMNS,
+    RunStatus,
+)
 
-COMPLETED, COLLAPSED, FAILED = "completed", "collapsed", "failed"
+COMPLETED, DEGENERATE, FAILED = RunStatus.completed, RunStatus.degenerate, RunStatus.failed
 
 
 @lru_cache(maxsize=1)
@@ -58,9 +65,9 @@ def code_version() -> str:
 @dataclass
 class RunOutcome:
     spec: RunSpec
-    status: str = COMPLETED
+    status: RunStatus = COMPLETED
     error: str | None = None
-    collapse_generation: int | None = None
+    degenerate_generation: int | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     duration_s: float = 0.0
     generation: list[int] = field(default_factory=list)
@@ -170,7 +177,7 @@ def run_chain(spec: RunSpec) -> RunOutcome:
                     model.sample(spec.n, rng=rng, temperature=spec.strategy.temperature)
                 )
     except Degenerate as exc:
-        outcome.status, outcome.collapse_generation = COLLAPSED, t
+        outcome.status, outcome.degenerate_generation = DEGENERATE, t
         outcome.error = f"generation {t}: {exc}"
     except Exception as exc:  # a bug or bad input: recorded, the other runs go on
         outcome.status = FAILED
@@ -196,45 +203,6 @@ def run_many(specs: list[RunSpec]) -> list[RunOutcome]:
 
 # --- tidy tables ------------------------------------------------------------------------------
 
-RUN_COLUMNS = {
-    "run_id": pl.String,
-    "study": pl.String,
-    "family": pl.String,
-    "model": pl.String,
-    "strategy": pl.String,
-    "strategy_label": pl.String,
-    "real_fraction": pl.Float64,
-    "temperature": pl.Float64,
-    "replicate": pl.Int64,
-    "generations": pl.Int64,
-    "samples_per_generation": pl.Int64,
-    "params": pl.String,
-    "status": pl.String,
-    "error": pl.String,
-    "collapse_generation": pl.Int64,
-    "started_at": pl.Datetime("us", "UTC"),
-    "duration_s": pl.Float64,
-    "code_version": pl.String,
-}
-METRIC_COLUMNS = {
-    "run_id": pl.String,
-    "generation": pl.Int64,
-    "metric": pl.String,
-    "value": pl.Float64,
-}
-SAMPLE_COLUMNS = {
-    "run_id": pl.String,
-    "generation": pl.Int64,
-    "kind": pl.String,
-    "items": pl.String,
-}
-PROVENANCE_COLUMNS = {
-    "run_id": pl.String,
-    "generation": pl.Int64,
-    "origin": pl.Int64,
-    "points": pl.Int64,
-}
-
 
 def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One row per run, and one long row per (run, generation, metric)."""
@@ -253,9 +221,9 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
                 "generations": o.spec.generations,
                 "samples_per_generation": o.spec.n,
                 "params": o.spec.model_dump_json(),
-                "status": o.status,
+                "status": o.status.value,
                 "error": o.error,
-                "collapse_generation": o.collapse_generation,
+                "degenerate_generation": o.degenerate_generation,
                 "started_at": o.started_at,
                 "duration_s": o.duration_s,
                 "code_version": code_version(),

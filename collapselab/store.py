@@ -6,6 +6,14 @@ transaction as idempotent upserts keyed on (run_id) and (run_id, generation, met
 the same run twice leaves one copy, and a crash mid-ingest leaves the previous state intact.
 A run's kept samples and training-set provenance (see collapselab.chain) land in that same
 transaction, replacing whatever the run had before.
+
+The current grid. `save_study` records, with the study, the run ids of the grid its latest `run`
+used (`study_runs`). Runs stored under the study's name but outside that grid are superseded:
+kept until `prune`, but left out of every read below (runs, tidy, samples, provenance,
+final_metrics, run_statuses, counts). A study saved without a grid counts every stored run.
+
+The layout (collapselab.tables) carries a version; a file written by an older version is migrated
+when first opened, in one transaction: it either reaches the current version or stays unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +30,18 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from collapselab.chain import PROVENANCE_COLUMNS, SAMPLE_COLUMNS
+from collapselab.tables import (
+    DONE_STATUSES,
+    PROVENANCE_COLUMNS,
+    RUN_RESULT_TABLES,
+    RUNS,
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    TABLES,
+    RunStatus,
+    ddl,
+)
 
-DONE_STATUSES = ("completed", "collapsed")
 PROVENANCE_READ_SCHEMA = {
     "run_id": pl.String,
     "family": pl.String,
@@ -35,59 +52,16 @@ PROVENANCE_READ_SCHEMA = {
     "origin": pl.Int64,
     "points": pl.Int64,
 }
-TABLES = ("studies", "runs", "metrics", "samples", "provenance")
+#: Tables `export` writes (schema_version is bookkeeping).
+EXPORTED = tuple(t.name for t in TABLES if t.name != "schema_version")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    name        VARCHAR PRIMARY KEY,
-    seed        BIGINT NOT NULL,
-    config      JSON NOT NULL,      -- the validated study, defaults filled in
-    study_text  VARCHAR,            -- the YAML file as written
-    n_runs      BIGINT NOT NULL,    -- size of the grid models x strategies x replicates
-    updated_at  TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id                 VARCHAR PRIMARY KEY,  -- hash of the run's full parameters
-    study                  VARCHAR NOT NULL,
-    family                 VARCHAR NOT NULL,
-    model                  VARCHAR NOT NULL,     -- family and its non-default parameters
-    strategy               VARCHAR NOT NULL,     -- base name, e.g. replace
-    strategy_label         VARCHAR NOT NULL,     -- with its parameters, e.g. replace(T=0.8)
-    real_fraction          DOUBLE,               -- strategy parameter p (NULL where none)
-    temperature            DOUBLE NOT NULL,
-    replicate              BIGINT NOT NULL,
-    generations            BIGINT NOT NULL,
-    samples_per_generation BIGINT NOT NULL,
-    params                 JSON NOT NULL,        -- the full run spec
-    status                 VARCHAR NOT NULL CHECK (status IN ('completed', 'collapsed', 'failed')),
-    error                  VARCHAR,
-    collapse_generation    BIGINT,
-    started_at             TIMESTAMPTZ NOT NULL,
-    duration_s             DOUBLE NOT NULL,
-    code_version           VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id      VARCHAR NOT NULL,
-    generation  BIGINT NOT NULL,
-    metric      VARCHAR NOT NULL,
-    value       DOUBLE NOT NULL CHECK (NOT isnan(value)),
-    PRIMARY KEY (run_id, generation, metric)
-);
-CREATE TABLE IF NOT EXISTS samples (
-    run_id      VARCHAR NOT NULL,
-    generation  BIGINT NOT NULL,
-    kind        VARCHAR NOT NULL,   -- text | image | density | ranks
-    items       JSON NOT NULL,      -- a few samples of model `generation`, for the report
-    PRIMARY KEY (run_id, generation)
-);
-CREATE TABLE IF NOT EXISTS provenance (
-    run_id      VARCHAR NOT NULL,
-    generation  BIGINT NOT NULL,    -- model t whose training set this describes
-    origin      BIGINT NOT NULL CHECK (origin >= -1),  -- -1 real, k sampled from model k
-    points      BIGINT NOT NULL CHECK (points > 0),
-    PRIMARY KEY (run_id, generation, origin)
-);
-"""
+#: A run `r` (alias of runs) belongs to its study's current grid: the study saved no grid, or
+#: the grid lists it.
+CURRENT = """(
+    NOT EXISTS (SELECT 1 FROM study_runs g WHERE g.study = r.study)
+    OR EXISTS (SELECT 1 FROM study_runs g WHERE g.study = r.study AND g.run_id = r.run_id)
+)"""
+_DONE_SQL = "(" + ", ".join(f"'{s.value}'" for s in DONE_STATUSES) + ")"
 
 
 def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -95,12 +69,83 @@ def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {name for (name,) in con.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
-class StoreBusy(RuntimeError):
+class StoreError(Exception):
+    """A database the command cannot use; the message is one line for the user."""
+
+
+class StoreBusy(StoreError, RuntimeError):
     """Another process holds the database's write lock for longer than we were willing to wait."""
 
 
-class StoreMissing(FileNotFoundError):
+class StoreMissing(StoreError, FileNotFoundError):
     """No database at the given path (nothing has been run there yet)."""
+
+
+class StoreBroken(StoreError):
+    """Not a database this version can read: not DuckDB, damaged, newer, or not migratable."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The layout version of an open file: 0 for an empty file, 1 for a file written before
+    versions were recorded."""
+    names = _table_names(con)
+    if "schema_version" in names:
+        row = con.execute("SELECT max(version) FROM schema_version").fetchall()[0]
+        if row and row[0] is not None:
+            return int(row[0])
+    return 1 if names else 0
+
+
+def _grid_of(config_json: str) -> list[str] | None:
+    """Run ids of a stored study config's grid under today's code, or None if it no longer
+    parses (the study then counts every stored run until it is run again)."""
+    from collapselab.config import parse_study
+
+    try:
+        return [spec.run_id for spec in parse_study(json.loads(config_json)).run_specs()]
+    except Exception:
+        return None
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    """Bring a file from `version` to SCHEMA_VERSION in ONE transaction (rolled back on error).
+
+    1 -> 2: run status 'collapsed' becomes 'degenerate' and column `collapse_generation`
+    becomes `degenerate_generation` (the runs table is rebuilt, since DuckDB cannot alter a CHECK
+    constraint); each study's grid is recorded from its stored config."""
+    con.begin()
+    try:
+        names = _table_names(con)
+        if version < 2 and "runs" in names:
+            con.execute(RUNS.ddl("runs_migrated"))
+            con.execute(
+                "INSERT INTO runs_migrated BY NAME SELECT * EXCLUDE (collapse_generation) "
+                "REPLACE (CASE status WHEN 'collapsed' THEN 'degenerate' ELSE status END "
+                "AS status), collapse_generation AS degenerate_generation FROM runs"
+            )
+            con.execute("DROP TABLE runs")
+            con.execute("ALTER TABLE runs_migrated RENAME TO runs")
+        con.execute(ddl())
+        if version < 2 and "studies" in names:
+            studies = con.sql("SELECT name, config::VARCHAR FROM studies").fetchall()
+            for name, config in studies:
+                grid = _grid_of(config)
+                if grid is not None:
+                    con.executemany(
+                        "INSERT OR IGNORE INTO study_runs VALUES (?, ?)",
+                        [(name, run_id) for run_id in grid],
+                    )
+                    con.execute("UPDATE studies SET n_runs = ? WHERE name = ?", [len(grid), name])
+        con.execute("DELETE FROM schema_version")
+        con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, datetime.now(UTC)])
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
 
 
 class Store:
@@ -110,32 +155,78 @@ class Store:
         self.path = Path(path)
         self.wait_s = wait_s
 
-    @contextmanager
-    def _connect(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        if read_only and not self.path.exists():
-            raise StoreMissing(f"no database at {self.path}: run a study first (collapselab run)")
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.wait_s
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
+                return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
-                    raise
+                    raise StoreBroken(
+                        f"{self.path} cannot be opened as a DuckDB database: {_first_line(exc)}"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise StoreBusy(
                         f"{self.path} is locked by another process (a study writing?); "
                         f"waited {self.wait_s:.0f} s"
                     ) from None
                 time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise StoreBroken(
+                    f"{self.path} cannot be opened as a DuckDB database: {_first_line(exc)}"
+                ) from None
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, *, read_only: bool) -> bool:
+        """Check the file's layout version (migrating when writable); False when a read-only
+        connection found a file that needs migrating first."""
         try:
-            if not read_only:
-                con.execute(SCHEMA)
+            version = schema_version(con)
+        except duckdb.Error as exc:
+            raise StoreBroken(f"{self.path} is not readable: {_first_line(exc)}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreBroken(
+                f"{self.path} was written by a newer collapselab (schema version {version}; "
+                f"this one reads up to {SCHEMA_VERSION}): upgrade collapselab"
+            )
+        if version == SCHEMA_VERSION:
+            return True
+        if read_only:
+            return False
+        try:
+            _migrate(con, version)
+        except duckdb.Error as exc:
+            raise StoreBroken(
+                f"{self.path} cannot be migrated from schema version {version} to "
+                f"{SCHEMA_VERSION} (left unchanged): {_first_line(exc)}"
+            ) from None
+        return True
+
+    @contextmanager
+    def _connect(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not self.path.exists():
+            raise StoreMissing(f"no database at {self.path}: run a study first (collapselab run)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._open(read_only=read_only)
+        try:
+            ready = self._prepare(con, read_only=read_only)
+        except BaseException:
+            con.close()
+            raise
+        if not ready:  # an older file: migrate it once, then read
+            con.close()
+            with self._connect(read_only=False):
+                pass
+            con = self._open(read_only=True)
+        try:
             yield con
         finally:
             con.close()
+
+    def migrate(self) -> int:
+        """Open the file for writing (which migrates it); return its schema version."""
+        with self._connect(read_only=False) as con:
+            return schema_version(con)
 
     @contextmanager
     def writer_lock(self, *, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -168,13 +259,34 @@ class Store:
     # --- writes ---------------------------------------------------------------------------
 
     def save_study(
-        self, *, name: str, seed: int, config: dict, study_text: str | None, n_runs: int
+        self,
+        *,
+        name: str,
+        seed: int,
+        config: dict,
+        study_text: str | None,
+        run_ids: Sequence[str],
     ) -> None:
+        """Record a study as its latest `run` sees it, and that run's grid, in one transaction:
+        stored runs of the name outside `run_ids` become superseded."""
+        grid = sorted(set(run_ids))
         with self._connect(read_only=False) as con:
-            con.execute(
-                "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
-                [name, seed, json.dumps(config), study_text, n_runs, datetime.now(UTC)],
-            )
+            con.begin()
+            try:
+                con.execute(
+                    "INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?)",
+                    [name, seed, json.dumps(config), study_text, len(grid), datetime.now(UTC)],
+                )
+                con.execute("DELETE FROM study_runs WHERE study = ?", [name])
+                if grid:
+                    con.register("incoming_grid", pl.DataFrame({"run_id": grid}).to_arrow())
+                    con.execute(
+                        "INSERT INTO study_runs SELECT ?, run_id FROM incoming_grid", [name]
+                    )
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
 
     def ingest(
         self,
@@ -200,9 +312,10 @@ class Store:
             con.register("incoming_provenance", provenance.to_arrow())
             con.begin()
             try:
-                for table in ("metrics", "samples", "provenance"):
+                for table in RUN_RESULT_TABLES:
                     con.execute(
-                        f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM incoming_runs)"
+                        f"DELETE FROM {table.name} "
+                        "WHERE run_id IN (SELECT run_id FROM incoming_runs)"
                     )
                 con.execute("INSERT OR REPLACE INTO runs BY NAME SELECT * FROM incoming_runs")
                 con.execute(
@@ -218,6 +331,29 @@ class Store:
                 con.rollback()
                 raise
 
+    def prune(self, study: str) -> int:
+        """Delete the study's superseded runs with their metrics, samples and provenance, in one
+        transaction; return how many runs went."""
+        with self._connect(read_only=False) as con:
+            con.begin()
+            try:
+                con.execute(
+                    "CREATE TEMP TABLE pruned AS SELECT r.run_id FROM runs r "
+                    f"WHERE r.study = ? AND NOT {CURRENT}",
+                    [study],
+                )
+                (count,) = con.execute("SELECT count(*) FROM pruned").fetchall()[0]
+                for table in (*RUN_RESULT_TABLES, RUNS):
+                    con.execute(
+                        f"DELETE FROM {table.name} WHERE run_id IN (SELECT run_id FROM pruned)"
+                    )
+                con.execute("DROP TABLE pruned")
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        return int(count)
+
     # --- reads ----------------------------------------------------------------------------
 
     def _query(self, sql: str, params: list | None = None) -> pl.DataFrame:
@@ -225,40 +361,79 @@ class Store:
             return con.sql(sql, params=params or []).pl()
 
     def done_run_ids(self, study: str) -> set[str]:
-        """Runs whose result is stored (completed or collapsed): a re-run skips them."""
+        """Runs of the current grid whose result is stored (completed or degenerate): a re-run
+        skips them."""
         frame = self._query(
-            "SELECT run_id FROM runs WHERE study = ? AND status IN ('completed', 'collapsed')",
+            f"SELECT run_id FROM runs r WHERE study = ? AND status IN {_DONE_SQL} AND {CURRENT}",
             [study],
         )
         return set(frame["run_id"].to_list())
 
     def studies(self) -> pl.DataFrame:
+        """name, seed, n_runs (size of the current grid), config (JSON text), updated_at."""
         return self._query(
             "SELECT name, seed, n_runs, config::VARCHAR AS config, updated_at "
             "FROM studies ORDER BY name"
         )
 
+    def counts(self, study: str) -> dict[str, int]:
+        """The current grid's counts: runs, completed, degenerate, failed, pending, and
+        superseded (stored runs of the name outside the grid, counted nowhere else)."""
+        with self._connect(read_only=True) as con:
+            grid_rows = con.execute(
+                "SELECT count(*) FROM study_runs WHERE study = ?", [study]
+            ).fetchall()[0][0]
+            by_status = dict(
+                con.sql(
+                    f"SELECT status, count(*) FROM runs r WHERE study = ? AND {CURRENT} "
+                    "GROUP BY status",
+                    params=[study],
+                ).fetchall()
+            )
+            superseded = con.execute(
+                f"SELECT count(*) FROM runs r WHERE study = ? AND NOT {CURRENT}", [study]
+            ).fetchall()[0][0]
+        stored = sum(by_status.values())
+        runs = grid_rows if grid_rows else stored
+        return {
+            "runs": runs,
+            **{s.value: int(by_status.get(s.value, 0)) for s in RunStatus},
+            "pending": runs - stored,
+            "superseded": int(superseded),
+        }
+
+    def superseded_runs(self, study: str) -> int:
+        """Stored runs of the study outside its current grid (kept until `prune`)."""
+        return self.counts(study)["superseded"]
+
     def run_statuses(self, study: str) -> pl.DataFrame:
-        """run_id, status, strategy_label, model, replicate and error of every stored run."""
+        """run_id, model, strategy_label, replicate, status and error of every stored run of the
+        current grid."""
         return self._query(
-            "SELECT run_id, model, strategy_label, replicate, status, error FROM runs "
-            "WHERE study = ? ORDER BY model, strategy_label, replicate",
+            "SELECT run_id, model, strategy_label, replicate, status, error FROM runs r "
+            f"WHERE study = ? AND {CURRENT} ORDER BY model, strategy_label, replicate",
             [study],
         )
 
     def export(self, out_dir: str | Path, *, file_format: str = "parquet") -> list[Path]:
-        """Every table to `<out_dir>/<table>.<format>` (parquet or csv), for polars, pandas or R."""
+        """Every table to `<out_dir>/<table>.<format>` (parquet or csv), for polars, pandas or R.
+        The runs file has one more column, `superseded` (true for a run outside its study's
+        current grid: left out of every count and figure)."""
         if file_format not in ("parquet", "csv"):
             raise ValueError(f"format must be parquet or csv, got {file_format!r}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
         with self._connect(read_only=True) as con:
-            present = _table_names(con)
-            for table in (t for t in TABLES if t in present):  # older files lack provenance
+            for table in EXPORTED:
                 target = out / f"{table}.{file_format}"
                 escaped = str(target).replace("'", "''")
-                con.execute(f"COPY {table} TO '{escaped}' (FORMAT {file_format})")
+                query = (
+                    f"SELECT r.*, NOT {CURRENT} AS superseded FROM runs r ORDER BY study, run_id"
+                    if table == "runs"
+                    else f"SELECT * FROM {table}"
+                )
+                con.execute(f"COPY ({query}) TO '{escaped}' (FORMAT {file_format})")
                 written.append(target)
         return written
 
@@ -266,66 +441,71 @@ class Store:
         frame = self._query("SELECT study_text FROM studies WHERE name = ?", [study])
         return frame["study_text"][0] if frame.height else None
 
+    def study_config(self, study: str) -> dict | None:
+        """The validated study as stored by its latest `run` (None for an unknown study)."""
+        frame = self._query("SELECT config::VARCHAR AS config FROM studies WHERE name = ?", [study])
+        return json.loads(frame["config"][0]) if frame.height else None
+
     def runs(self, study: str) -> pl.DataFrame:
-        return self._query("SELECT * FROM runs WHERE study = ? ORDER BY run_id", [study])
+        """Every stored run of the current grid, with the columns of collapselab.tables.RUNS."""
+        return self._query(
+            f"SELECT r.* FROM runs r WHERE study = ? AND {CURRENT} ORDER BY run_id", [study]
+        ).cast(RUNS.schema)
 
     def tidy(self, study: str) -> pl.DataFrame:
-        """The long results table: one row per (run, generation, metric), with run labels."""
+        """The long results table of the current grid: one row per (run, generation, metric),
+        with run labels."""
         return self._query(
-            """
+            f"""
             SELECT m.run_id, r.family, r.model, r.strategy, r.strategy_label, r.real_fraction,
                    r.temperature, r.replicate, r.status, m.generation, m.metric, m.value
             FROM metrics m JOIN runs r USING (run_id)
-            WHERE r.study = ?
+            WHERE r.study = ? AND {CURRENT}
             ORDER BY r.model, r.strategy_label, r.replicate, m.generation, m.metric
             """,
             [study],
         )
 
     def samples(self, study: str) -> pl.DataFrame:
-        """Samples kept for the report, with run labels; `items` is a JSON list."""
+        """Samples kept for the report (current grid), with run labels; `items` is a JSON list."""
         return self._query(
-            """
+            f"""
             SELECT s.run_id, r.family, r.model, r.strategy_label, r.replicate, s.generation,
                    s.kind, s.items::VARCHAR AS items
             FROM samples s JOIN runs r USING (run_id)
-            WHERE r.study = ?
+            WHERE r.study = ? AND {CURRENT}
             ORDER BY r.model, r.strategy_label, r.replicate, s.generation
             """,
             [study],
         )
 
     def provenance(self, study: str) -> pl.DataFrame:
-        """Composition of every stored training set by origin, with run labels: run_id, family,
-        model, strategy_label, replicate, generation, origin (-1 real, k synthetic from model k;
-        for runs of more than 200 generations the first model of a bucket of
-        `collapselab.chain.provenance_bucket_width(G)` models), points. Empty for a database
-        written before provenance was recorded."""
-        with self._connect(read_only=True) as con:
-            if "provenance" not in _table_names(con):
-                return pl.DataFrame(schema=PROVENANCE_READ_SCHEMA)
-            return con.sql(
-                """
-                SELECT p.run_id, r.family, r.model, r.strategy_label, r.replicate, p.generation,
-                       p.origin, p.points
-                FROM provenance p JOIN runs r USING (run_id)
-                WHERE r.study = ?
-                ORDER BY r.model, r.strategy_label, r.replicate, p.generation, p.origin
-                """,
-                params=[study],
-            ).pl()
+        """Composition of every stored training set of the current grid by origin, with run
+        labels: run_id, family, model, strategy_label, replicate, generation, origin (-1 real, k
+        synthetic from model k; for runs of more than 200 generations the first model of a bucket
+        of `collapselab.chain.provenance_bucket_width(G)` models), points."""
+        return self._query(
+            f"""
+            SELECT p.run_id, r.family, r.model, r.strategy_label, r.replicate, p.generation,
+                   p.origin, p.points
+            FROM provenance p JOIN runs r USING (run_id)
+            WHERE r.study = ? AND {CURRENT}
+            ORDER BY r.model, r.strategy_label, r.replicate, p.generation, p.origin
+            """,
+            [study],
+        ).cast(PROVENANCE_READ_SCHEMA)
 
     def final_metrics(self, study: str) -> pl.DataFrame:
         """Mean of each metric at the last generation each run reached, by model and strategy
-        (failed runs left out): the one-table outcome of a study."""
+        (current grid; failed runs left out): the one-table outcome of a study."""
         return self._query(
-            """
+            f"""
             WITH last AS (
                 SELECT run_id, max(generation) AS generation FROM metrics GROUP BY run_id
             )
             SELECT r.model, r.strategy_label, m.metric, avg(m.value) AS mean, count(*) AS runs
             FROM metrics m JOIN last USING (run_id, generation) JOIN runs r USING (run_id)
-            WHERE r.study = ? AND r.status <> 'failed'
+            WHERE r.study = ? AND r.status <> '{RunStatus.failed.value}' AND {CURRENT}
             GROUP BY ALL ORDER BY r.model, r.strategy_label, m.metric
             """,
             [study],

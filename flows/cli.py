@@ -19,6 +19,7 @@ from rich.console import Console
 
 import flows  # noqa: F401  (sets the state directory and BLAS threads before numpy loads)
 from collapselab.config import StudyError, load_study
+from collapselab.tables import RunStatus, describe_counts, describe_superseded
 from flows.environment import prefect_api, running_server, start_server, stop_server
 
 app = typer.Typer(
@@ -27,6 +28,11 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="DuckDB file holding the results.")]
+StudyArgument = Annotated[
+    str | None, typer.Argument(help="Study name (default: every stored study).")
+]
+#: Seconds a reading command waits for a study's flow to release the database.
+READ_WAIT_S = 60.0
 
 
 class RunnerName(StrEnum):
@@ -69,6 +75,13 @@ def run(
         _fail(str(exc))
     if dask_address and runner is not RunnerName.dask:
         _fail("--dask-address needs --runner dask")
+    if db.exists():  # a broken, newer or unmigratable file: say so before starting anything
+        from collapselab.store import Store, StoreError
+
+        try:
+            Store(db, wait_s=READ_WAIT_S).studies()
+        except StoreError as exc:
+            _fail(str(exc))
     console.print(
         f"study [bold]{config.name}[/]: {len(config.run_specs())} runs ({runner.value} runner)",
         highlight=False,
@@ -88,12 +101,16 @@ def run(
             reports_dir=str(reports_dir),
             show_progress=True,
         )
+
+    ran = sum(summary[s.value] for s in RunStatus)
     console.print(
-        f"runs: {summary['completed']} completed, {summary['collapsed']} collapsed, "
-        f"{summary['failed']} failed, {summary['skipped']} already stored, "
-        f"{summary['pending']} pending ({summary['seconds']} s)",
+        f"{config.name}: {describe_counts(summary['grid'])} "
+        f"({summary['skipped']} already stored, {ran} run now, {summary['seconds']} s)",
         highlight=False,
+        soft_wrap=True,
     )
+    if superseded := describe_superseded(config.name, summary["grid"]["superseded"]):
+        console.print(superseded, highlight=False, markup=False, soft_wrap=True)
     console.print(f"database: {summary['db']}", highlight=False)
     if "report" in summary:
         console.print(f"report:   {Path(summary['report']).resolve()}", highlight=False)
@@ -110,11 +127,11 @@ def report(
     ),
 ) -> None:
     """Re-render reports from the database alone, without re-running anything."""
-    from collapselab.store import Store, StoreMissing
+    from collapselab.store import Store, StoreError
 
     try:
-        names = Store(db).studies()["name"].to_list()
-    except StoreMissing as exc:
+        names = Store(db, wait_s=READ_WAIT_S).studies()["name"].to_list()
+    except StoreError as exc:
         _fail(str(exc))
     if study is not None and study not in names:
         _fail(f"--study: no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
@@ -139,43 +156,226 @@ def retry(
     run(study=study, db=db, runner=runner, workers=workers)
 
 
+def _studies(db: Path, study: str | None):
+    """The store and the names a reading command covers: STUDY, or every stored study."""
+    from collapselab.store import Store, StoreError
+
+    store = Store(db, wait_s=READ_WAIT_S)
+    try:
+        names = store.studies()["name"].to_list()
+    except StoreError as exc:
+        _fail(str(exc))
+    if study is not None and study not in names:
+        _fail(f"no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
+    return store, names if study is None else [study]
+
+
+class StatusFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
 @app.command()
 def status(
-    study: Annotated[str | None, typer.Argument(help="Study name (default: every study).")] = None,
+    study: StudyArgument = None,
     db: DbOption = Path("collapselab.duckdb"),
+    output: Annotated[
+        StatusFormat, typer.Option("--format", help="table (lines) or json (to stdout).")
+    ] = StatusFormat.table,
 ) -> None:
-    """Runs done / failed / pending per study, and the failed runs with their errors."""
-    from collapselab.config import parse_study
-    from collapselab.store import Store, StoreMissing
+    """Counts of each study's current grid (the file its latest `run` used), superseded runs
+    kept, and the failed runs with their errors."""
+    from collapselab.store import StoreError
 
-    store = Store(db)
+    store, names = _studies(db, study)
+    records = []
     try:
-        studies = store.studies()
-    except StoreMissing as exc:
+        for name in names:
+            failed = store.run_statuses(name).filter(pl.col("status") == RunStatus.failed.value)
+            records.append(
+                {
+                    "study": name,
+                    **store.counts(name),
+                    "failed_runs": [
+                        {
+                            "run_id": row["run_id"],
+                            "model": row["model"],
+                            "strategy": row["strategy_label"],
+                            "replicate": row["replicate"],
+                            "error": row["error"],
+                        }
+                        for row in failed.iter_rows(named=True)
+                    ],
+                }
+            )
+    except StoreError as exc:
         _fail(str(exc))
-    if study is not None and study not in studies["name"].to_list():
-        _fail(f"no study {study!r} in {db}; stored: {', '.join(studies['name']) or 'none'}")
-    for record in studies.iter_rows(named=True):
-        if study is not None and record["name"] != study:
-            continue
-        grid = {spec.run_id for spec in parse_study(json.loads(record["config"])).run_specs()}
-        stored = store.run_statuses(record["name"]).filter(pl.col("run_id").is_in(list(grid)))
-        counts = dict(stored.group_by("status").len().iter_rows())
-        done = counts.get("completed", 0) + counts.get("collapsed", 0)
-        failed = counts.get("failed", 0)
+    if output is StatusFormat.json:
+        print(json.dumps(records, indent=2))
+        return
+    for record in records:
         console.print(
-            f"[bold]{record['name']}[/]: {len(grid)} runs: {done} done "
-            f"({counts.get('completed', 0)} completed, {counts.get('collapsed', 0)} collapsed), "
-            f"{failed} failed, {len(grid) - done - failed} pending",
+            f"[bold]{record['study']}[/]: {describe_counts(record)}",
             highlight=False,
+            soft_wrap=True,
         )
-        for row in stored.filter(pl.col("status") == "failed").iter_rows(named=True):
+        if superseded := describe_superseded(record["study"], record["superseded"]):
+            console.print(f"  {superseded}", highlight=False, markup=False, soft_wrap=True)
+        for row in record["failed_runs"]:
             console.print(
-                f"  failed {row['run_id']} {row['model']} {row['strategy_label']} "
+                f"  failed {row['run_id']} {row['model']} {row['strategy']} "
                 f"replicate {row['replicate']}: {row['error']}",
                 highlight=False,
                 markup=False,
             )
+
+
+@app.command()
+def prune(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    db: DbOption = Path("collapselab.duckdb"),
+) -> None:
+    """Delete STUDY's superseded runs (stored under its name, outside the grid of its latest
+    `run`) with their metrics, samples and provenance, in one transaction."""
+    from collapselab.store import StoreError
+
+    store, _ = _studies(db, study)
+    try:
+        with store.writer_lock(on_wait=lambda message: console.print(message, highlight=False)):
+            pruned = store.prune(study)
+    except StoreError as exc:
+        _fail(str(exc))
+    runs = "run" if pruned == 1 else "runs"
+    console.print(
+        f"{study}: deleted {pruned} superseded {runs} with their metrics, samples and provenance"
+        if pruned
+        else f"{study}: no superseded runs",
+        highlight=False,
+    )
+
+
+class VerdictFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+#: verdict_table's columns as `collapselab verdict` prints them (strategy is the label).
+VERDICT_FIELDS = (
+    "study",
+    "model",
+    "family",
+    "strategy",
+    "runs",
+    "collapsed",
+    "collapsed_share",
+    "collapsed_low",
+    "collapsed_high",
+    "median_onset",
+    "unconfirmed",
+    "warned",
+    "hits",
+    "false_alarms",
+    "false_alarm_rate",
+    "median_lead",
+    "generations",
+    "rank",
+)
+
+
+@app.command()
+def verdict(
+    study: StudyArgument = None,
+    db: DbOption = Path("collapselab.duckdb"),
+    output: Annotated[
+        VerdictFormat, typer.Option("--format", help="table, csv or json (to stdout).")
+    ] = VerdictFormat.table,
+) -> None:
+    """Which strategies collapse: per model x strategy, runs collapsed (share with its 95%
+    Wilson interval), median onset, early warnings (hits, false alarms and their rate, median
+    lead). The report's numbers, from the database alone."""
+    from collapselab.store import StoreError
+    from collapselab.verdict import study_verdict
+
+    store, names = _studies(db, study)
+    try:
+        frames = [study_verdict(store, name) for name in names]
+        counts = {name: store.counts(name) for name in names}
+    except StoreError as exc:
+        _fail(str(exc))
+    frame = (
+        pl.concat(frames).rename({"strategy_label": "strategy"}).select(VERDICT_FIELDS)
+        if frames
+        else pl.DataFrame(schema={name: pl.String for name in VERDICT_FIELDS})
+    )
+    if output is VerdictFormat.json:
+        print(json.dumps(frame.to_dicts(), indent=2))
+        return
+    if output is VerdictFormat.csv:
+        print(frame.write_csv(), end="")
+        return
+    _print_verdict(frame, counts)
+
+
+def _print_verdict(frame: pl.DataFrame, counts: dict[str, dict[str, int]]) -> None:
+    """One rich table per study, titled with its grid's counts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    def number(value, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    out = Console()
+    if not out.is_terminal:  # piped or captured: one line per row rather than 80 columns
+        out = Console(width=200)
+    for name, grid in counts.items():
+        rows = frame.filter(pl.col("study") == name)
+        generations = rows["generations"].max() if rows.height else None
+        table = Table(title=f"{name}: {describe_counts(grid)}; G = {number(generations)}")
+        for header in (
+            "model",
+            "strategy",
+            "collapsed",
+            "share [95% CI]",
+            "median onset",
+            "unconfirmed",
+            "warned",
+            "hits",
+            "false alarms",
+            "median lead",
+            "rank",
+        ):
+            table.add_column(
+                header,
+                justify="left" if header in ("model", "strategy") else "right",
+                overflow="fold",
+            )
+        for row in rows.iter_rows(named=True):
+            table.add_row(
+                escape(row["model"]),
+                escape(row["strategy"]),
+                f"{row['collapsed']}/{row['runs']}",
+                f"{row['collapsed_share']:.2f} [{row['collapsed_low']:.2f}, "
+                f"{row['collapsed_high']:.2f}]",
+                number(row["median_onset"], 1)
+                if row["median_onset"] is not None
+                else f"> {number(row['generations'])}",
+                str(row["unconfirmed"]),
+                str(row["warned"]),
+                str(row["hits"]),
+                f"{row['false_alarms']} ({number(row['false_alarm_rate'], 2)})",
+                number(row["median_lead"], 1),
+                str(row["rank"]),
+            )
+        out.print(table)
+        if superseded := describe_superseded(name, grid["superseded"]):
+            out.print(superseded, highlight=False, markup=False)
+    out.print(
+        "median onset: over all runs, '> G' when fewer than half collapsed; false alarms "
+        "(rate over runs without onset); median lead: generations from warning to onset, hits",
+        highlight=False,
+        markup=False,
+    )
 
 
 class ExportFormat(StrEnum):
@@ -191,12 +391,16 @@ def export(
     ] = ExportFormat.parquet,
     out: Annotated[Path, typer.Option(help="Folder for one file per table.")] = Path("export"),
 ) -> None:
-    """Write every table (studies, runs, metrics, samples) for analysis elsewhere."""
-    from collapselab.store import Store, StoreMissing
+    """Write every table (studies, study_runs, runs with a `superseded` column, metrics,
+    samples, provenance) and each run's onset and warning (onsets) for analysis elsewhere."""
+    from collapselab.store import StoreError
+    from collapselab.verdict import export_onsets
 
+    store, names = _studies(db, None)
     try:
-        paths = Store(db).export(out, file_format=file_format.value)
-    except StoreMissing as exc:
+        paths = store.export(out, file_format=file_format.value)
+        paths.append(export_onsets(store, names, out, file_format=file_format.value))
+    except StoreError as exc:
         _fail(str(exc))
     for path in paths:
         console.print(f"wrote {path}", highlight=False)

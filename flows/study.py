@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from collapselab.chain import plan_batches
 from collapselab.config import RunSpec, load_study
 from collapselab.store import Store
+from collapselab.tables import RunStatus, describe_counts, describe_superseded
 from flows.report import report_flow
 from tasks.chains import ingest, run_chains
 
@@ -81,7 +82,7 @@ def study_flow(
             seed=config.seed,
             config=config.model_dump(mode="json"),
             study_text=study_text,
-            n_runs=len(specs),
+            run_ids=[spec.run_id for spec in specs],
         )
         done = store.done_run_ids(config.name)
         pending = [spec for spec in specs if spec.run_id not in done]
@@ -105,19 +106,24 @@ def study_flow(
             deadline=deadline,
             show_progress=show_progress,
         )
+    ran = sum(statuses[s.value] for s in RunStatus)
     summary: dict[str, Any] = {
         "study": config.name,
         "db": str(Path(db).resolve()),
         "runs": len(specs),
         "skipped": len(done),
         **statuses,
-        "pending": len(pending) - sum(statuses[s] for s in ("completed", "collapsed", "failed")),
+        "pending": len(pending) - ran,
         "seconds": round(time.monotonic() - started, 2),
+        # the whole current grid after this run, as `status` counts it
+        "grid": store.counts(config.name),
     }
     if report:
         summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
     _publish_artifacts(store, config.name, summary)
-    logger.info("study %s: %s", config.name, summary)
+    logger.info("study %s: %s", config.name, describe_counts(summary["grid"]))
+    if superseded := describe_superseded(config.name, summary["grid"]["superseded"]):
+        logger.info("study %s: %s", config.name, superseded)
     if statuses["crashed_batches"]:
         raise RuntimeError(
             f"{statuses['crashed_batches']} task(s) crashed after retries; "
@@ -141,8 +147,14 @@ def _publish_artifacts(store: Store, study: str, summary: dict[str, Any]) -> Non
             table=table,
             description=f"Study {study}: mean of each metric at the last generation of each run",
         )
-    counts = ", ".join(f"{summary[s]} {s}" for s in ("completed", "collapsed", "failed"))
-    lines = [f"# Study {study}", "", f"This run: {counts}; {summary['pending']} pending."]
+    this_run = ", ".join(f"{summary[s.value]} {s.value}" for s in RunStatus)
+    lines = [
+        f"# Study {study}",
+        "",
+        f"{describe_counts(summary['grid'])} (this run: {this_run}).",
+    ]
+    if superseded := describe_superseded(study, summary["grid"]["superseded"]):
+        lines += ["", superseded + "."]
     if "report" in summary:
         report = Path(summary["report"]).resolve()
         lines += ["", f"Report: [{report}]({report.as_uri()})"]
@@ -160,7 +172,7 @@ def _run_and_ingest(
 ) -> Counter:
     """Keep `window` tasks in flight; ingest each task's rows as soon as it completes."""
     logger = get_run_logger()
-    statuses: Counter = Counter({"completed": 0, "collapsed": 0, "failed": 0, "crashed_batches": 0})
+    statuses: Counter = Counter({**{s.value: 0 for s in RunStatus}, "crashed_batches": 0})
     queue = deque(batches)
     in_flight: list[tuple[PrefectFuture, list[RunSpec]]] = []
     progress = Progress(

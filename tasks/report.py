@@ -19,9 +19,12 @@ from collapselab.store import Store
 
 @task(name="render-report", task_run_name="report {study}", cache_policy=NO_CACHE)
 def render_study_report(db: str, study: str, out_dir: str) -> str:
-    """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path."""
+    """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path.
+    The page shows the study's current grid only (the store leaves superseded runs out) and says
+    how many superseded runs are kept."""
     store = Store(db)
     recorded = store.studies().filter(pl.col("name") == study)
+    counts = store.counts(study)
     html = render_report(
         study=study,
         tidy=store.tidy(study),
@@ -29,7 +32,8 @@ def render_study_report(db: str, study: str, out_dir: str) -> str:
         study_text=store.study_text(study),
         samples=store.samples(study),
         provenance=store.provenance(study),
-        expected_runs=recorded["n_runs"][0] if recorded.height else None,
+        expected_runs=counts["runs"],
+        superseded_runs=counts["superseded"],
         thresholds=thresholds_from_config(
             json.loads(recorded["config"][0]) if recorded.height else {}
         ),

@@ -8,7 +8,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from collapselab.chain import outcomes_to_frames, run_many
+from collapselab.chain import outcomes_to_frames, outcomes_to_provenance, run_many
 from collapselab.config import parse_study
 from collapselab.store import Store, StoreMissing
 
@@ -81,20 +81,14 @@ def test_nan_is_never_stored_but_infinity_is(tmp_path, frames):
 def test_study_record_and_reads(tmp_path, frames, tiny_study):
     study, runs, metrics = frames
     store = Store(tmp_path / "r.duckdb")
-    store.save_study(
-        name=study.name,
-        seed=study.seed,
-        config=study.model_dump(mode="json"),
-        study_text="name: tiny\n",
-        n_runs=runs.height,
-    )
-    store.save_study(
-        name=study.name,
-        seed=study.seed,
-        config=study.model_dump(mode="json"),
-        study_text="name: tiny\n",
-        n_runs=runs.height,
-    )
+    for _ in range(2):  # saving again replaces the record and its grid
+        store.save_study(
+            name=study.name,
+            seed=study.seed,
+            config=study.model_dump(mode="json"),
+            study_text="name: tiny\n",
+            run_ids=runs["run_id"].to_list(),
+        )
     store.ingest(runs, metrics)
     assert store.studies()["name"].to_list() == ["tiny"]
     assert store.study_text("tiny") == "name: tiny\n"
@@ -102,6 +96,16 @@ def test_study_record_and_reads(tmp_path, frames, tiny_study):
     tidy = store.tidy("tiny")
     assert tidy.height == metrics.height
     assert {"strategy_label", "generation", "metric", "value"} <= set(tidy.columns)
+    assert store.studies()["n_runs"].to_list() == [runs.height]
+    assert store.study_config("tiny") == study.model_dump(mode="json")
+    assert store.counts("tiny") == {
+        "runs": runs.height,
+        "completed": runs.height,
+        "degenerate": 0,
+        "failed": 0,
+        "pending": 0,
+        "superseded": 0,
+    }
 
 
 def test_reading_a_missing_database_is_a_clear_error(tmp_path):
@@ -113,7 +117,7 @@ def test_reading_a_missing_database_is_a_clear_error(tmp_path):
 def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, frames):
     import json
 
-    from collapselab.chain import SAMPLE_COLUMNS
+    from collapselab.tables import SAMPLE_COLUMNS
 
     study, runs, metrics = frames
     store = Store(tmp_path / "r.duckdb")
@@ -140,7 +144,7 @@ def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, fr
 
 @pytest.fixture
 def with_provenance(tiny_study):
-    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+    from collapselab.chain import outcomes_to_samples
 
     study = parse_study(tiny_study)
     outcomes = run_many(study.run_specs())
@@ -215,23 +219,155 @@ def test_bad_provenance_rolls_back_the_whole_ingest(tmp_path, with_provenance):
     assert (counts(store.path), provenance_rows(store.path)) == before
 
 
-def test_provenance_exported_and_older_files_read_as_empty(tmp_path, with_provenance):
-    from collapselab.store import SCHEMA
-
-    study, runs, metrics, samples, provenance = with_provenance
+def test_provenance_exported(tmp_path, with_provenance):
+    _, runs, metrics, samples, provenance = with_provenance
     store = Store(tmp_path / "r.duckdb")
     store.ingest(runs, metrics, samples, provenance)
     written = store.export(tmp_path / "out")
     assert pl.read_parquet(tmp_path / "out" / "provenance.parquet").height == provenance.height
-    assert len(written) == 5
-    old = tmp_path / "old.duckdb"  # a file written before the provenance table existed
-    with duckdb.connect(str(old)) as con:
-        con.execute(SCHEMA.split("CREATE TABLE IF NOT EXISTS provenance")[0])
-    assert Store(old).provenance(study.name).columns == store.provenance(study.name).columns
-    assert Store(old).provenance(study.name).is_empty()
-    assert [p.name for p in Store(old).export(tmp_path / "old-out")] == [
+    assert [p.name for p in written] == [
         "studies.parquet",
+        "study_runs.parquet",
         "runs.parquet",
         "metrics.parquet",
         "samples.parquet",
+        "provenance.parquet",
     ]
+
+
+# --- the current grid and superseded runs ---------------------------------------------------
+
+
+@pytest.fixture
+def two_grids(tmp_path, tiny_study):
+    """The tiny study run with seed 7 (grid A), then saved with seed 8 and half its runs done
+    (grid B): A's runs are superseded, B has stored and pending runs."""
+    first = parse_study(tiny_study)
+    second = parse_study({**tiny_study, "seed": 8})
+    store = Store(tmp_path / "r.duckdb")
+    for study, keep in ((first, None), (second, 9)):
+        specs = study.run_specs()
+        store.save_study(
+            name=study.name,
+            seed=study.seed,
+            config=study.model_dump(mode="json"),
+            study_text=None,
+            run_ids=[spec.run_id for spec in specs],
+        )
+        outcomes = run_many(specs[:keep])
+        store.ingest(*outcomes_to_frames(outcomes), provenance=outcomes_to_provenance(outcomes))
+    return store, first, second
+
+
+def test_reads_cover_the_current_grid_only(two_grids):
+    store, first, second = two_grids
+    grid_b = {spec.run_id for spec in second.run_specs()}
+    assert not grid_b & {spec.run_id for spec in first.run_specs()}  # the seed is in the id
+    counts = store.counts("tiny")
+    assert counts == {
+        "runs": 18,
+        "completed": 9,
+        "degenerate": 0,
+        "failed": 0,
+        "pending": 9,
+        "superseded": 18,
+    }
+    assert store.superseded_runs("tiny") == 18
+    for frame in (
+        store.runs("tiny"),
+        store.tidy("tiny"),
+        store.provenance("tiny"),
+        store.run_statuses("tiny"),
+    ):
+        assert set(frame["run_id"]) <= grid_b and frame["run_id"].n_unique() == 9
+    assert store.done_run_ids("tiny") <= grid_b
+    assert store.final_metrics("tiny")["runs"].max() == 3  # 9 runs of 3 strategies
+    exported = store.export(store.path.parent / "out")
+    runs = pl.read_parquet(next(p for p in exported if p.name == "runs.parquet"))
+    assert runs.height == 27 and runs["superseded"].sum() == 18
+    assert set(runs.filter(~pl.col("superseded"))["run_id"]) <= grid_b
+
+
+def test_switching_back_counts_the_first_grid_again(two_grids):
+    store, first, _ = two_grids
+    store.save_study(
+        name="tiny",
+        seed=first.seed,
+        config=first.model_dump(mode="json"),
+        study_text=None,
+        run_ids=[spec.run_id for spec in first.run_specs()],
+    )
+    assert store.counts("tiny") == {
+        "runs": 18,
+        "completed": 18,
+        "degenerate": 0,
+        "failed": 0,
+        "pending": 0,
+        "superseded": 9,
+    }
+    assert len(store.done_run_ids("tiny")) == 18
+
+
+def test_prune_deletes_superseded_runs_and_everything_they_own(two_grids):
+    store, _, _ = two_grids
+    kept = {name: rows(store.path, name) for name in ("runs", "metrics", "provenance")}
+    current = store.tidy("tiny")
+    assert store.prune("tiny") == 18
+    assert store.counts("tiny")["superseded"] == 0 and store.counts("tiny")["completed"] == 9
+    assert rows(store.path, "runs") == kept["runs"] - 18 == 9
+    assert rows(store.path, "metrics") == current.height < kept["metrics"]
+    assert rows(store.path, "provenance") == store.provenance("tiny").height
+    assert store.tidy("tiny").equals(current)
+    assert store.prune("tiny") == 0
+
+
+def test_prune_is_one_transaction(two_grids, monkeypatch):
+    from collapselab import store as store_module
+    from collapselab.tables import METRICS, PROVENANCE, RUNS, Table
+
+    store, _, _ = two_grids
+    before = {name: rows(store.path, name) for name in ("runs", "metrics", "provenance")}
+    # a table that does not exist fails after metrics, samples and provenance were deleted
+    missing = Table("no_such_table", RUNS.columns)
+    monkeypatch.setattr(store_module, "RUN_RESULT_TABLES", (METRICS, PROVENANCE, missing))
+    with pytest.raises(duckdb.Error):
+        store.prune("tiny")
+    assert {name: rows(store.path, name) for name in before} == before
+
+
+def test_a_study_saved_without_a_grid_counts_every_stored_run(tmp_path, frames):
+    study, runs, metrics = frames
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs, metrics)
+    assert store.runs(study.name).height == runs.height
+    assert store.counts(study.name)["runs"] == runs.height
+    assert store.counts(study.name)["pending"] == store.counts(study.name)["superseded"] == 0
+
+
+def rows(path, table: str) -> int:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def test_each_table_has_one_definition_for_polars_and_duckdb(tmp_path, frames):
+    from collapselab.tables import RUN_COLUMNS, TABLES, RunStatus
+
+    study, runs, metrics = frames
+    store = Store(tmp_path / "r.duckdb")
+    store.ingest(runs, metrics)
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        for table in TABLES:
+            columns = con.sql(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+                "ORDER BY column_index",
+                params=[table.name],
+            ).fetchall()
+            assert [name for (name,) in columns] == list(table.schema), table.name
+    assert runs.schema == pl.Schema(RUN_COLUMNS)
+    assert store.runs(study.name).schema == runs.schema  # what chain builds is what comes back
+    bad = runs.head(1).with_columns(status=pl.lit("collapsed"))  # the word before version 2
+    with pytest.raises(duckdb.ConstraintException):
+        store.ingest(bad, metrics.head(0))
+    good = runs.head(1).with_columns(status=pl.lit(RunStatus.degenerate.value))
+    store.ingest(good, metrics.head(0))
+    assert store.counts(study.name)["degenerate"] == 1

@@ -110,7 +110,7 @@ def stored_study(tmp_path, tiny_study):
         seed=study.seed,
         config=study.model_dump(mode="json"),
         study_text=json.dumps(tiny_study),
-        n_runs=len(study.run_specs()),
+        run_ids=[spec.run_id for spec in study.run_specs()],
     )
     store.ingest(runs, metrics)
     return db, failed_id, len(study.run_specs())
@@ -120,11 +120,34 @@ def test_status_counts_done_failed_pending_and_lists_errors(stored_study):
     db, failed_id, n_runs = stored_study
     result = CliRunner().invoke(app, ["status", "--db", str(db)])
     assert result.exit_code == 0, result.output
-    assert f"tiny: {n_runs} runs: {n_runs - 2} done" in result.output
-    assert "1 failed, 1 pending" in result.output
+    assert (
+        f"tiny: {n_runs} runs: {n_runs - 2} completed, 0 degenerate, 1 failed, 1 pending"
+        in result.output
+    )
+    assert "superseded" not in result.output
     assert failed_id in result.output and "generation 2: boom" in result.output
     unknown = CliRunner().invoke(app, ["status", "nope", "--db", str(db)])
     assert unknown.exit_code == 2 and "no study 'nope'" in unknown.output
+
+
+def test_status_as_json(stored_study):
+    import json
+
+    db, failed_id, n_runs = stored_study
+    result = CliRunner().invoke(app, ["status", "tiny", "--db", str(db), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert {k: v for k, v in record.items() if k != "failed_runs"} == {
+        "study": "tiny",
+        "runs": n_runs,
+        "completed": n_runs - 2,
+        "degenerate": 0,
+        "failed": 1,
+        "pending": 1,
+        "superseded": 0,
+    }
+    assert [row["run_id"] for row in record["failed_runs"]] == [failed_id]
+    assert record["failed_runs"][0]["error"] == "generation 2: boom"
 
 
 def test_export_writes_every_table_as_parquet(stored_study, tmp_path):
@@ -136,7 +159,21 @@ def test_export_writes_every_table_as_parquet(stored_study, tmp_path):
         app, ["export", "--db", str(db), "--format", "parquet", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert pl.read_parquet(out / "runs.parquet").height == n_runs - 1
+    runs = pl.read_parquet(out / "runs.parquet")
+    assert runs.height == n_runs - 1 and not runs["superseded"].any()
     assert pl.read_parquet(out / "metrics.parquet").height == Store(db).tidy("tiny").height
     assert pl.read_parquet(out / "studies.parquet")["name"].to_list() == ["tiny"]
-    assert (out / "samples.parquet").exists()
+    assert pl.read_parquet(out / "study_runs.parquet").height == n_runs
+    assert (out / "samples.parquet").exists() and (out / "provenance.parquet").exists()
+    onsets = pl.read_parquet(out / "onsets.parquet")
+    assert onsets.columns == [
+        "study",
+        "run_id",
+        "onset",
+        "indicator",
+        "unconfirmed",
+        "warning",
+        "warning_outcome",
+    ]
+    # one row per stored run that did not fail
+    assert sorted(onsets["run_id"]) == sorted(runs.filter(pl.col("status") != "failed")["run_id"])

@@ -68,7 +68,7 @@ def stored_runs(db: Path) -> int:
 def comparable(db: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with duckdb.connect(str(db), read_only=True) as con:
         runs = con.sql(
-            "SELECT run_id, status, error, collapse_generation, params FROM runs ORDER BY run_id"
+            "SELECT run_id, status, error, degenerate_generation, params FROM runs ORDER BY run_id"
         ).pl()
         metrics = con.sql("SELECT * FROM metrics ORDER BY run_id, generation, metric").pl()
     return runs, metrics
