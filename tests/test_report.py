@@ -129,8 +129,8 @@ def test_quick_page_has_header_status_and_how_to_read(quick: dict[str, Any]) -> 
     assert structure.headings["h1"] == ["CollapseLab report: gaussian-quick"]
     assert GENERATED_AT in page
     assert runs["code_version"][0] in page
-    assert '<th scope="row">completed</th><td class="num">30</td>' in page
-    assert '<th scope="row">failed</th><td class="num">0</td>' in page
+    assert "30 runs: 30 completed, 0 degenerate, 0 failed, 0 pending" in page
+    assert "superseded" not in page
     assert "Failed runs" not in page
     assert "How to read this" in structure.headings["h2"]
     assert "mean ± 1.96 standard errors" in page
@@ -152,20 +152,35 @@ def test_quick_page_has_a_section_and_one_svg_per_metric(quick: dict[str, Any]) 
     assert plt.get_fignums() == []  # every figure was closed
 
 
+def final_table(page: str, model: str) -> dict[str, dict[str, str]]:
+    """A model's final-generation tables read back: {row header: {strategy: cell}}."""
+    section = page.split(f"Model {escaped(model)}</h2>", 1)[1].split("</section>", 1)[0]
+    cells: dict[str, dict[str, str]] = {}
+    for table in re.findall(r'<table class="fit final">(.*?)</table>', section, re.DOTALL):
+        strategies = re.findall(r'<th scope="col">([^<]*)</th>', table)[1:]
+        for header, row in re.findall(r'<tr><th scope="row">([^<]*)</th>(.*?)</tr>', table):
+            values = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+            cells.setdefault(header, {}).update(zip(strategies, values, strict=True))
+    return cells
+
+
 def test_quick_page_final_table_lists_every_strategy_with_final_means(
     quick: dict[str, Any],
 ) -> None:
     page, tidy = quick["page"], quick["tidy"]
     structure = PageStructure(page)
     labels = sorted(tidy["strategy_label"].unique().to_list())
-    assert structure.row_headers[-len(labels) :] == labels
     assert "Final generation" in structure.headings["h3"]
+    table = final_table(page, "gaussian")
+    assert list(table["Runs"]) == labels  # one column per strategy, in the page's order
+    assert set(table["Runs"].values()) == {"5"} and set(table["Generation"].values()) == {"30"}
     final = tidy.filter(
         (pl.col("generation") == 30)
         & (pl.col("metric") == "variance_ratio")
         & (pl.col("strategy_label") == "replace")
     )["value"]
-    assert f"{final.mean():.3g} ± {final.std():.3g}" in page
+    assert table["Variance ratio"]["replace"] == f"{final.mean():.3g} ± {final.std():.3g}"
+    assert len(table) == 2 + tidy["metric"].n_unique()
     assert "last generation each run reached" in page
 
 
@@ -179,10 +194,10 @@ def test_toc_links_resolve_and_ids_are_unique(quick: dict[str, Any]) -> None:
     assert len(structure.ids) == len(set(structure.ids))
     local = [link[1:] for link in structure.links if link.startswith("#")]
     assert set(local) <= set(structure.ids)
-    for anchor in ("runs", "how-to-read", "study-file", "model-1-gaussian"):
+    for anchor in ("answer", "runs", "how-to-read", "study-file", "model-1-gaussian"):
         assert anchor in local
     nav = quick["page"].split('<nav id="contents"', 1)[1].split("</nav>", 1)[0]
-    assert len(re.findall(r'href="#', nav)) == 4 + 7 + 1  # sections, figures, final table
+    assert len(re.findall(r'href="#', nav)) == 5 + 7 + 1  # sections, figures, final table
 
 
 def test_page_makes_no_external_requests(quick: dict[str, Any]) -> None:
@@ -275,25 +290,29 @@ def test_failed_run_error_is_shown_and_left_out_of_the_final_table(
     assert "Failed runs" in structure.headings["h3"]
     assert escaped(error) in page
     assert failed_id in page
-    assert '<th scope="row">failed</th><td class="num">1</td>' in page
-    assert '<th scope="row">completed</th><td class="num">29</td>' in page
+    assert "30 runs: 29 completed, 0 degenerate, 1 failed, 0 pending" in page
     assert "1 failed run(s) are left out" in page
-    row = page.split('<th scope="row">accumulate</th>', 1)[1]
-    assert row.startswith('<td class="num">4</td>')  # 4 runs left for accumulate, not 5
+    assert final_table(page, "gaussian")["Runs"]["accumulate"] == "4"  # 4 left, not 5
 
 
-def test_collapsed_runs_say_at_which_generation(
+def test_degenerate_runs_say_at_which_generation(
     collapsing: tuple[pl.DataFrame, pl.DataFrame],
 ) -> None:
     runs, tidy = collapsing
-    collapsed = runs.filter(pl.col("status") == "collapsed")
-    assert not collapsed.is_empty()
+    degenerate = runs.filter(pl.col("status") == "degenerate")
+    assert not degenerate.is_empty()
     page = render(tidy, runs, study="collapsing")
     structure = PageStructure(page)
-    assert "Collapsed runs" in structure.headings["h3"]
+    assert "Degenerate runs" in structure.headings["h3"]
+    assert "Collapsed runs" not in page and ">collapsed<" not in page
+    counts = runs.group_by("status").len()
+    assert (
+        f"8 runs: {8 - degenerate.height} completed, {degenerate.height} degenerate, 0 failed, "
+        "0 pending" in page
+    ), counts
     assert {"Model gaussian", "Model gaussian(dim=2)"} <= set(structure.headings["h2"])
-    for (model,), frame in collapsed.group_by("model"):
-        generations = ", ".join(str(g) for g in sorted(frame["collapse_generation"].to_list()))
+    for (model,), frame in degenerate.group_by("model"):
+        generations = ", ".join(str(g) for g in sorted(frame["degenerate_generation"].to_list()))
         assert f"<td>{generations}</td>" in page, model
     # The final table shows the range of generations reached (collapsed runs end early).
     last = tidy.filter(pl.col("strategy_label") == "replace(T=0.3)").group_by("run_id", "model")
@@ -301,9 +320,7 @@ def test_collapsed_runs_say_at_which_generation(
     for (model,), frame in reached.group_by("model"):
         low, high = frame["generation"].min(), frame["generation"].max()
         expected = str(low) if low == high else f"{low}–{high}"
-        section = page.split(f"Model {escaped(model)}</h2>", 1)[1]
-        row = section.split('<th scope="row">replace(T=0.3)</th>', 1)[1]
-        assert f'<td class="num">{expected}</td>' in row.split("</tr>", 1)[0]
+        assert final_table(page, model)["Generation"]["replace(T=0.3)"] == expected
     metrics_per_model = tidy.group_by("model").agg(pl.col("metric").n_unique())["metric"].sum()
     assert page.count("<svg") == metrics_per_model
 
@@ -333,13 +350,13 @@ def test_infinite_values_are_left_out_of_plots_and_reported(quick: dict[str, Any
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def test_palette_is_colour_blind_safe_and_independent_of_order() -> None:
+def test_palette_is_independent_of_order() -> None:
     labels = ["replace", "accumulate", "fresh-data(p=0.2)"]
     palette = strategy_palette(labels)
     assert list(palette) == sorted(labels)
     assert palette == strategy_palette(reversed(labels))
     assert len(set(palette.values())) == len(labels)
-    assert palette["accumulate"] == "#0173b2"  # seaborn "colorblind", first colour
+    assert palette["accumulate"] == "#0072b2"  # Okabe-Ito blue, the first colour
 
 
 def test_every_figure_uses_the_page_wide_strategy_colours(quick: dict[str, Any]) -> None:
@@ -418,24 +435,52 @@ def test_a_partly_stored_study_says_what_is_missing(quick: dict[str, Any]) -> No
     tidy = quick["tidy"].filter(pl.col("run_id").is_in(runs["run_id"].to_list()))
     page = render(tidy, runs, expected_runs=30)
     assert "<strong>Incomplete:</strong> 10 of\n    30 runs" in page
-    assert '<th scope="row">pending</th><td class="num">10</td>' in page
+    assert "30 runs: 20 completed, 0 degenerate, 0 failed, 10 pending" in page
     complete = render(quick["tidy"], quick["runs"], expected_runs=30)
     assert "Incomplete" not in complete
 
 
-def test_onset_section_ranks_strategies_per_model(quick: dict[str, Any]) -> None:
-    from collapselab.onset import default_thresholds
+def verdict_table_rows(page: str) -> dict[tuple[str, str], list[str]]:
+    """The page's verdict table read back: {(model, strategy): the cells after the strategy}."""
+    section = page.split('id="verdict-heading"', 1)[1].split("</section>", 1)[0]
+    rows: dict[tuple[str, str], list[str]] = {}
+    model = ""
+    for row in re.findall(r"<tr>(.*?)</tr>", section, re.DOTALL)[1:]:
+        opened = re.search(r'<th scope="rowgroup"[^>]*>([^<]*)</th>', row)
+        model = opened[1] if opened else model
+        strategy = re.search(r'<th scope="row">([^<]*)</th>', row)[1]
+        rows[(model, strategy)] = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+    return rows
 
-    page = render(quick["tidy"], quick["runs"], thresholds=default_thresholds())
-    assert 'id="onset-heading">Generations until collapse' in page
-    section = page.split('id="onset-heading"', 1)[1].split("</section>", 1)[0]
-    for label in ("accumulate", "replace(T=0.8)", "fixed-fraction(p=0.2)"):
-        assert f'<th scope="row">{label}</th>' in section
-    # the tempered replace collapses first in every replicate: it ranks last
-    rows = re.findall(r'<td class="num">(\d+)</td><th scope="row">([^<]+)</th>', section)
-    assert rows[-1][1] == "replace(T=0.8)" and rows[-1][0] == "6"
-    assert "5 of 5" in section.split("replace(T=0.8)")[1]
-    assert "Generations until collapse" not in render(quick["tidy"], quick["runs"])
+
+def test_verdict_table_shows_the_numbers_of_verdict_table(quick: dict[str, Any]) -> None:
+    from collapselab.onset import PERSISTENCE, default_thresholds, onset_by_run, verdict_table
+
+    thresholds = default_thresholds()
+    page = render(quick["tidy"], quick["runs"], thresholds=thresholds)
+    verdict = verdict_table(onset_by_run(quick["tidy"], quick["runs"], thresholds))
+    shown = verdict_table_rows(page)
+    assert len(shown) == verdict.height == 6
+    for row in verdict.iter_rows(named=True):
+        cells = shown[(row["model"], row["strategy_label"])]
+        rank, runs, collapsed, _share, _onset, unconfirmed, warned, hits, false_alarms = cells[:9]
+        assert [rank, runs, collapsed] == [str(row[k]) for k in ("rank", "runs", "collapsed")]
+        assert [unconfirmed, warned, hits, false_alarms] == [
+            str(row[k]) for k in ("unconfirmed", "warned", "hits", "false_alarms")
+        ]
+        assert cells[-1] == str(row["generations"])
+    # the tempered replace collapses in every replicate: it ranks last, 5 of 5
+    tempered = shown[("gaussian", "replace(T=0.8)")]
+    assert tempered[0] == str(verdict["rank"].max()) and tempered[2] == "5"
+    assert f"stays past it for {PERSISTENCE} consecutive generations" in page
+    assert "Verdict per model and strategy" not in render(quick["tidy"], quick["runs"])
+
+
+def test_superseded_runs_get_one_line(quick: dict[str, Any]) -> None:
+    page = render(quick["tidy"], quick["runs"], superseded_runs=3)
+    line = "3 superseded runs kept (not counted): <code>collapselab prune quick</code> deletes them"
+    assert page.count(line) == 2  # in the answer and under Runs, like the counts line
+    assert page.count("30 runs: 30 completed, 0 degenerate, 0 failed, 0 pending") == 2
 
 
 def test_provenance_is_drawn_per_strategy_and_references_are_overlaid() -> None:
@@ -462,6 +507,6 @@ def test_provenance_is_drawn_per_strategy_and_references_are_overlaid() -> None:
     assert "Where the training data comes from</h3>" in page
     assert page.count('-provenance" class="gallery"') == 1
     # replace with the unbiased estimator has closed forms for two metrics: both are overlaid
-    assert page.count("Dashed, replace: closed form") == 2
+    assert page.count("Wide pale line, replace: closed form") == 2
     assert "largest deviation of the simulation" in page
-    assert "Dashed, accumulate" not in page
+    assert "pale line, accumulate" not in page

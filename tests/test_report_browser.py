@@ -16,6 +16,7 @@ import pytest
 
 from collapselab.chain import outcomes_to_frames, outcomes_to_samples, run_many
 from collapselab.config import load_study
+from collapselab.onset import default_thresholds
 from collapselab.report import render_report
 
 CHROMIUM = (
@@ -103,6 +104,39 @@ def console_errors(browser: DevTools) -> list[dict]:
     ]
 
 
+#: What "fits the page" means: nothing scrolls the document sideways, and no table is wider than
+#: the box it sits in (a .table-wrap scrolls inside itself, which the document width cannot see).
+LAYOUT = """({
+    viewport: window.innerWidth,
+    page: document.documentElement.scrollWidth,
+    tables: Array.from(document.querySelectorAll('table'))
+        .filter(t => t.getBoundingClientRect().width > t.parentElement.clientWidth + 0.5)
+        .map(t => t.className || t.parentElement.id || 'table'),
+    answer: document.getElementById('answer')?.getBoundingClientRect().top ?? null,
+    contents: document.getElementById('contents')?.getBoundingClientRect().top ?? null,
+})"""
+
+
+def layout(browser: DevTools) -> dict:
+    return browser.call("Runtime.evaluate", returnByValue=True, expression=LAYOUT)["result"][
+        "value"
+    ]
+
+
+def test_the_layout_check_sees_a_table_wider_than_the_page(browser, tmp_path):
+    cells = "".join(f"<td>{'wide' * 20}</td>" for _ in range(12))
+    page = tmp_path / "wide.html"
+    page.write_text(
+        '<html><body><div style="overflow-x:auto"><table><tr>'
+        f"{cells}</tr></table></div><p style='width:3000px'>x</p></body></html>"
+    )
+    browser.call("Page.enable")
+    browser.call("Page.navigate", url=page.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    facts = layout(browser)
+    assert facts["tables"] and facts["page"] > facts["viewport"]
+
+
 def test_the_check_sees_errors_and_missing_resources(browser, tmp_path):
     """The same checks on a broken page must fail: they can tell a bad page from a good one."""
     page = tmp_path / "broken.html"
@@ -148,6 +182,7 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
             study_text=text,
             generated_at="now",
             samples=samples,
+            thresholds=default_thresholds(),
         )
     )
     for domain in ("Runtime", "Log", "Page"):
@@ -173,6 +208,11 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
         or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
     ]
     assert errors == []
+    facts = layout(browser)
+    assert facts["viewport"] == 1280
+    assert facts["page"] <= facts["viewport"], facts  # nothing scrolls sideways at 1,280 px
+    assert facts["tables"] == [], facts  # and no table is wider than its box
+    assert facts["answer"] < facts["contents"], facts  # the answer comes before the contents
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     (tmp_path / "report.png").write_bytes(base64.b64decode(shot))
     assert (tmp_path / "report.png").stat().st_size > 10_000

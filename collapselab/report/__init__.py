@@ -1,0 +1,31 @@
+"""The HTML report of a study: the answer first (which strategies collapse, and when), run counts,
+a figure per metric and model, galleries of samples, final-generation tables.
+
+Pure: DataFrames in, one self-contained HTML string out. No file or database I/O, and the page
+makes no network request (figures are inline SVG, styles inline), so a report can be archived or
+mailed as a single file and still read in ten years. Every name that comes from a study file
+(study name, labels, errors, the study text) reaches the page through jinja2's autoescape.
+
+Parts: `page` (assembly and template), `verdict` (the answer matrix and verdict table), `tables`
+(run counts, final generation), `figures` (metric figures), `galleries` (samples), `provenance`,
+`metrics_info` (how each metric is shown), `style` (palette, plot style), `svg` (inline SVG).
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports render in headless workers; must precede any pyplot import
+
+from collapselab.report.metrics_info import METRICS, MetricInfo, describe_metric
+from collapselab.report.page import TIDY_COLUMNS, render_report
+from collapselab.report.style import StrategyStyle, strategy_palette, strategy_styles
+
+__all__ = [
+    "METRICS",
+    "TIDY_COLUMNS",
+    "MetricInfo",
+    "StrategyStyle",
+    "describe_metric",
+    "render_report",
+    "strategy_palette",
+    "strategy_styles",
+]

@@ -1,0 +1,196 @@
+"""The page: one model's section per (family, model), assembled into the HTML template."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+import polars as pl
+from markupsafe import Markup, escape
+
+from collapselab.onset import Threshold
+from collapselab.report.figures import metric_figure, reference_curves
+from collapselab.report.galleries import Gallery, gallery
+from collapselab.report.metrics_info import describe_metric, metric_order
+from collapselab.report.provenance import provenance_figure
+from collapselab.report.style import StrategyStyle, strategy_styles
+from collapselab.report.svg import FigureBlock
+from collapselab.report.tables import (
+    FinalTable,
+    degenerate_summary,
+    design_summary,
+    failed_runs,
+    final_generation_tables,
+    run_count_lines,
+    run_counts,
+)
+from collapselab.report.verdict import verdict_frame, verdict_section
+from collapselab.tables import RUN_COLUMNS
+
+_RUN_KEYS_IN_TIDY = (
+    "run_id", "family", "model", "strategy", "strategy_label",
+    "real_fraction", "temperature", "replicate", "status",
+)  # fmt: skip
+TIDY_COLUMNS = {
+    **{name: RUN_COLUMNS[name] for name in _RUN_KEYS_IN_TIDY},
+    "generation": pl.Int64,
+    "metric": pl.String,
+    "value": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    anchor: str
+    family: str
+    model: str
+    runs: int
+    figures: list[FigureBlock]
+    final_tables: list[FinalTable]
+    failed_runs_left_out: int
+    any_infinite_final: bool
+    gallery: Gallery | None = None
+    provenance: FigureBlock | None = None
+
+
+def render_report(
+    *,
+    study: str,
+    tidy: pl.DataFrame,
+    runs: pl.DataFrame,
+    study_text: str | None,
+    generated_at: str,
+    samples: pl.DataFrame | None = None,
+    expected_runs: int | None = None,
+    thresholds: dict[str, list[Threshold]] | None = None,
+    provenance: pl.DataFrame | None = None,
+    superseded_runs: int = 0,
+) -> str:
+    """Return one self-contained HTML page. `samples` (optional): the store's kept samples
+    (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list).
+    `expected_runs` (optional): the size of the study's grid, to say how many runs are missing.
+    `thresholds` (optional): collapse indicators per family, for the "generations until collapse"
+    section (collapselab.onset). `provenance` (optional): the store's training-set composition
+    (model, strategy_label, replicate, generation, origin, points), drawn as stacked areas.
+    `superseded_runs`: runs stored under the study's name but outside its current grid; they are
+    not in `runs` or `tidy` and only get a line saying how to delete them."""
+    if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
+        runs = pl.DataFrame(schema=RUN_COLUMNS)
+    if tidy.is_empty():
+        tidy = pl.DataFrame(schema=TIDY_COLUMNS)
+    labels = sorted(
+        set(tidy["strategy_label"].drop_nulls().to_list())
+        | set(runs["strategy_label"].drop_nulls().to_list())
+    )
+    styles = strategy_styles(labels)
+    model_keys = sorted(tidy.select("family", "model").unique().iter_rows())
+    sections = [
+        _model_section(
+            tidy.filter((pl.col("family") == family) & (pl.col("model") == model)),
+            anchor=f"model-{index}-{slug(model)}",
+            family=family,
+            model=model,
+            labels=labels,
+            styles=styles,
+            samples=None if samples is None else samples.filter(pl.col("model") == model),
+            provenance=None if provenance is None else provenance.filter(pl.col("model") == model),
+            run_params=runs.filter(pl.col("model") == model)
+            .unique("strategy_label", keep="first")
+            .select("strategy_label", "params"),
+        )
+        for index, (family, model) in enumerate(model_keys, start=1)
+    ]
+    pending = 0 if expected_runs is None else max(expected_runs - runs.height, 0)
+    counts = run_counts(runs, pending)
+    page = _environment().get_template("report.html")
+    return page.render(
+        study=study,
+        generated_at=generated_at,
+        code_versions=sorted(runs["code_version"].drop_nulls().unique().to_list()),
+        run_counts=counts,
+        count_lines=run_count_lines(counts, study=study, superseded=superseded_runs),
+        verdict=verdict_section(verdict_frame(tidy, runs, thresholds), thresholds, labels),
+        degenerate=degenerate_summary(runs),
+        failed=failed_runs(runs),
+        design=design_summary(runs),
+        sections=sections,
+        study_text=study_text,
+    )
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("collapselab", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt variable fails loudly, not as blank text
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["code_spans"] = code_spans
+    return environment
+
+
+def code_spans(text: str) -> Markup:
+    """`text` escaped, with `backticked` parts (a command to type) set as <code>."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: show it as it is
+        return escape(text)
+    return Markup("").join(
+        Markup("<code>{}</code>").format(part) if index % 2 else escape(part)
+        for index, part in enumerate(parts)
+    )
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def _model_section(
+    frame: pl.DataFrame,
+    *,
+    anchor: str,
+    family: str,
+    model: str,
+    labels: list[str],
+    styles: dict[str, StrategyStyle],
+    samples: pl.DataFrame | None = None,
+    run_params: pl.DataFrame | None = None,
+    provenance: pl.DataFrame | None = None,
+) -> ModelSection:
+    metrics = metric_order(frame["metric"].unique().to_list())
+    present = set(frame["strategy_label"].unique().to_list())
+    section_labels = [label for label in labels if label in present]
+    curves = reference_curves(frame, run_params)
+    figures = [
+        metric_figure(
+            frame.filter(pl.col("metric") == metric),
+            metric=metric,
+            anchor=f"{anchor}-fig{index}",
+            model=model,
+            labels=section_labels,
+            styles=styles,
+            references=[r for r in curves if r.metric == metric],
+        )
+        for index, metric in enumerate(metrics, start=1)
+    ]
+    titles = [describe_metric(m).title for m in metrics]
+    final_tables, failed_left_out = final_generation_tables(frame, metrics, section_labels, titles)
+    return ModelSection(
+        anchor=anchor,
+        family=family,
+        model=model,
+        runs=frame["run_id"].n_unique(),
+        figures=figures,
+        final_tables=final_tables,
+        failed_runs_left_out=failed_left_out,
+        any_infinite_final=any(
+            "∞" in cell for table in final_tables for _, cells in table.rows for cell in cells
+        ),
+        gallery=gallery(samples, anchor=f"{anchor}-samples", model=model, labels=section_labels),
+        provenance=provenance_figure(
+            provenance, anchor=f"{anchor}-provenance", model=model, labels=section_labels
+        ),
+    )
