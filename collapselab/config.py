@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
@@ -55,7 +55,9 @@ class StudyError(ValueError):
 
 class CollapseThreshold(BaseModel):
     """A collapse indicator in a study file: `{metric, below|above: value, relative}`; with
-    `relative: true` the value is a factor of the run's generation-0 value (collapselab.onset)."""
+    `relative: true` the value is a factor of the run's generation-0 value, or of the mean of its
+    first `baseline` generations. `trend`, `persistence`, `confidence` and `agree` override the
+    onset and early-warning settings for this indicator alone (collapselab.onset)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,6 +65,11 @@ class CollapseThreshold(BaseModel):
     below: Annotated[float, Field(allow_inf_nan=False)] | None = None
     above: Annotated[float, Field(allow_inf_nan=False)] | None = None
     relative: bool = False
+    baseline: Annotated[int, Field(ge=1)] = 1
+    trend: Literal["log", "linear"] = "log"
+    persistence: Annotated[int, Field(ge=1)] | None = None
+    confidence: Annotated[float, Field(gt=0, lt=1)] | None = None
+    agree: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _one_direction(self) -> CollapseThreshold:

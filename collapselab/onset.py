@@ -1,42 +1,105 @@
 """Collapse onset and early warning: when does a run collapse, and could a trend have said so?
 
-Onset. Each family has collapse indicators: a `Threshold` on one metric, crossed when the metric
-goes strictly `below` or `above` a level. The level is the threshold's value, or, when `relative`,
-the value times the run's own generation-0 value of that metric (for metrics that are not already
-ratios to the truth). A run's onset is the first generation at which any of its family's
-indicators is past its level; `indicator` names the metric that crossed first (ties: the first
-in the family's list). A run whose status is `collapsed` (a degenerate fit ended it) counts as
-collapsed at its `collapse_generation` when no indicator crossed earlier, with indicator
-"collapsed". A run that did neither has a null onset: "not within G". Failed runs are left out.
+Onset. Each family has collapse indicators: a `Threshold` on one metric, past its level when the
+metric is strictly `below` or `above` it. The level is the threshold's value, or, when
+`relative`, the value times the run's own generation-0 value of that metric (or the mean of its
+first `baseline` generations, where one generation's value is too noisy a base). A crossing
+counts only when the indicator stays past its level for `persistence` consecutive generations (a
+generation without a value breaks the stretch), or until the fit degenerated. A run's onset is
+the first generation that starts such a stretch for any indicator; `indicator` names that metric
+(ties: the first in the family's list). A run whose fit degenerated (status "degenerate"; the
+legacy "collapsed" reads the same) is collapsed at its `degenerate_generation` when no crossing
+came earlier, with indicator "degenerate". A run without onset whose last crossing is still past
+its level at the run's end but too recent to confirm reports that crossing's generation as
+`unconfirmed`. Failed runs are left out.
 
-Early warning. For each indicator and each generation g with at least `window` observations up
-to g, a least-squares line is fitted to the indicator's values at its last `window` generations
-(raw scale, generation as x) and extrapolated to g + `horizon`. The indicator warns at g when
-that prediction is past the level although the indicator itself has not crossed yet (g < its
-onset); since a line is monotone this means "the trend crosses within the next `horizon`
-generations". A run's warning is the earliest warning of any of its indicators that comes before
-the run's onset, so warning < onset whenever both exist. A warning with no onset is a false alarm
-(the trend bent back, or the run ended first). A window holding an infinity gives no warning.
-On an indicator that falls linearly the warning comes exactly `horizon` generations before the
-crossing (when the first full window allows it).
+Early warning. At each generation g, for each indicator, a least-squares line is fitted to the
+logarithm of its values over the last `span` generations up to g (fewer at the start, never
+under `window`; indicators are positive and collapse compounds multiplicatively; a threshold
+with `trend="linear"` fits the values themselves, for a family whose indicator grows by a sum of
+increments), and extended to g + `horizon`. The indicator fires at g when the one-sided
+`confidence` prediction interval there (Student t, n - 2 degrees of freedom) lies entirely past
+the level; it warns when it has fired at `agree` consecutive generations, so the first possible
+warning is at generation window - 1 + agree - 1 (5 by default). A span with a missing or
+infinite value (on the log scale, also a non-positive one) does not fire. A threshold's own
+`persistence`, `confidence` or `agree`, when set, replaces onset_by_run's for that indicator. A
+run's warning is the first of any indicator's before the run's onset. It is a HIT when the onset
+follows within `horizon` generations, otherwise a FALSE ALARM (no onset, or an onset more than
+`horizon` later). The false-alarm rate (verdict_table) is false alarms over the runs that could
+raise one: the runs without onset plus the collapsed runs whose warning was a false alarm (so it
+is the issue's "false alarms over runs without onset" whenever collapsed runs carry none, and
+stays within [0, 1]).
 
-Defaults (`default_thresholds`), chosen so that generation 0 at the families' usual sizes does
-not already count as collapsed:
+Calibration (studies/calibration.yaml; collapselab.calibration names each family's controls and
+surely-collapsing cells, the study file's header says why). 60 replicates per cell, n = 100,
+30 generations, the defaults below; shares of control runs flagged / surely-collapsing runs
+flagged / control runs with a false alarm / late-onset collapsing runs warned in time:
+    family             controls flagged  collapsing flagged  control false alarm  warned (late)
+    gaussian           3/180  1.7%       120/120 100%        5.0%                 52.6% of 19
+    gmm                5/180  2.8%       120/120 100%        9.4%                 88.9% of 27
+    kde                0/120  0%         58/60   96.7%       7.5%                 63.5% of 52
+    linear-regression  5/120  4.2%       58/60   96.7%       2.5%                 51.1% of 45
+    categorical        0/180  0%         180/180 100%        4.4%                 100% of 28
+    ngram              0/120  0%         180/180 100%        0%                   (no late onset)
+    digits             0/180  0%         120/120 100%        0%                   67.3% of 107
+    all                1.2% of 1080      99.5% of 840        4.3%                 68.3% of 278
+Goals: <= 5%, >= 95%, <= 10%, >= 50%: met by every family and pooled. A family's share over 60
+runs has a binomial standard error of up to 2.8 points (7.5 for the 45 late regression runs), so
+the two families whose levels were re-set were also measured on 400 replicates a cell (kde) and
+800 (regression; seeds 7 and 11): kde 0.4% / 97.5% / 5.0% / 59.9% of 362 (its former rule, 1.5
+confirmed over 4: 0.5% / 96.8% / 8.9% / 57.6%), regression 3.3% / 95.5% / 6.6% / 53.5% of 637
+(former, 7 x generation 0: 3.5% / 96.4% / 9.6% / 47.5%). The regression's 95.5% is the ceiling
+of a level relative to the run's own early error: in about one replace run in 20 the walk does
+not get far enough from w* within 30 generations to pass any level its controls stay under (a
+base from the design's expected error sigma^2 tr((X^T X)^-1), nearly free of noise, would lift
+it to about 98%: measured with its mean sigma^2 d / (n - d - 1) as the base). The rules they
+replace fail the goals on the same runs: persistence 1 for every indicator flags 8.5% of control
+runs; the old 5-point line on the log scale (point prediction, no interval, no agreement) raises
+false alarms in 56.9% of them. PERSISTENCE = 4 is the shortest that keeps the other families'
+controls near or under 5% (3 leaves the Gaussian's fresh-data(p=0.2) at 3.5%); SPAN = 20 against
+5 cuts the Gaussian controls' false alarms from 12% to 4% (200 replicates; 7% with AGREE = 1) at
+the same share of hits.
+
+Default levels (`default_thresholds`):
 - gaussian: `variance_ratio` < 0.5 (half the true variance gone); `tail_mass_ratio` < 0.25 (three
-  quarters of the mass beyond 2 true sd gone; with a centred fit that is a variance ratio of
-  about 0.62, while 0.5 would be 0.77: within sampling noise of model 0 at n = 100).
-- gmm: `component_std_mean` < 0.5 x its generation-0 value (Shumailov's shrinking blob; it is not a
-  ratio to the truth, so relative); `tail_mass_ratio` < 0.25 as for the Gaussian.
-- kde: `variance_ratio` > 2 (diffusion: the KDE spreads towards (n - 1) h^2 per dimension) and
-  `variance_ratio` < 0.5 (a small bandwidth heads for the same limit from above: shrinkage).
-- linear-regression: `weight_sq_error` > 5 x generation 0. Replace grows about linearly in t and
-  crosses near t = 4; accumulate stays near pi^2/6 ~ 1.64 times generation 0 in expectation, but
-  one run's ratio to its own noisy generation-0 error is wide (measured at d = 5, n = 100, 30
-  generations, 40 runs: 2x was exceeded by 62% of accumulate runs, 5x by 10%).
-- categorical: `vocab_survival` < 0.5 x generation 0 (half the words model 0 knew lost for good;
-  relative because n tokens cannot cover a vocabulary larger than n even at generation 0).
-- ngram: `test_perplexity` > 2 x generation 0.
-- digits: `class_diversity` < 0.5 log 10 (the label entropy of samples halved).
+  quarters of the mass beyond 2 true sd gone: a centred fit's variance ratio of about 0.62).
+- gmm: `component_std_mean` < 0.5 x generation 0 (Shumailov's shrinking blob; not a ratio to the
+  truth, so relative); `tail_mass_ratio` < 0.25 as for the Gaussian.
+- kde: `variance_ratio` > 1.6 confirmed over 2 generations, and `variance_ratio` < 0.5 (a small
+  bandwidth heads for the diffusion limit from above: shrinkage; no calibration cell reaches it).
+  Sampling adds h^2 T of variance a generation, towards (n - 1) h^2 T per dimension. Real data
+  holds it at a plateau: fresh-data(p) near 1 + h^2 / (p v*) with v* the truth's variance per
+  coordinate (about 1.14 at p = 0.2, h = 0.5, v* = 6.8, after the (1 - 1/n) shrink), but each run
+  wanders about it as a walk that keeps 80% of itself a generation: sd 0.13 between runs, 99th
+  percentile 1.50 (400 runs, generations 15-30). The former level 1.5 sat on that percentile, and
+  fresh-data's early climb from 1.04 to the plateau drew the trend past it (12.5% of control runs
+  with a false alarm at 60 replicates); 1.6 is 3.6 sd above the plateau. Replace diffuses with a
+  drift of h^2 T a generation that never reverts (88% of the generations after a first crossing of
+  1.6 stay past it), so 2 generations confirm it where the controls' rare excursions need 4; with
+  4 the higher level would flag only 94.5% of replace(T=2) runs within 30 generations.
+- linear-regression: `weight_sq_error` > 5 x the mean of generations 0-2, confirmed over 2
+  generations, warned by a linear trend on one window (agree 1). Replace's error is a Gaussian
+  walk in weight space, so E||w_t - w*||^2 = (t + 1) E0 grows linearly (E0 = sigma^2 d/(n-d-1),
+  literature item 4); accumulate's stays under pi^2/6 E0, fixed-fraction(p=0.5)'s near 2 E0.
+  Generation 0's error alone is one weighted chi-square draw with d degrees of freedom
+  (coefficient of variation about sqrt(2 / d) = 0.63 at d = 5): relative to it, the former 7x
+  flagged 3.5% of control runs, raised false alarms in 9.6% and warned 47.5% of late onsets in
+  time (800 replicates a cell; 5x generation 0 over 2 generations flagged 17.9%). The mean of the
+  first three fits (before synthetic labels have compounded much: 2 E0 under replace, about 1.2 E0
+  under accumulate) is a steadier base; 5x it is 10 E0 for replace, about four times the controls'
+  plateaus. A linear trend is the family's own law (the log of a linear growth bends and its
+  extrapolation overshoots the controls' early rise to their plateau: 14.1% false alarms at agree
+  1); on the linear scale the squared norm's skewed, level-dependent noise makes one window's 95%
+  bound conservative already (control false alarms 2.9% at agree 2, 6.6% at agree 1), and a second
+  window costs a generation of lead to onsets near generation 10 (late onsets warned in time 40.8%
+  against 53.5%). Persistence 2 for the same reason as the kde's: replace's walk drifts away for
+  good, while fixed-fraction's error reverts within a generation or two (it keeps half its labels
+  real); with 4, 91.9% of replace runs are flagged within 30 generations.
+- categorical: `vocab_survival` < 0.4 x generation 0 (every strategy drops to about 0.75 at
+  generation 1, the words model 0 saw once; controls then stay above 0.45, replace falls for good).
+- ngram: `test_perplexity` > 2 x generation 0 (controls settle near 1.6x; replace passes 2x within
+  a few generations and keeps rising).
+- digits: `class_diversity` < 0.7 log 10 (controls stay near 2.15 of log 10 = 2.30).
 """
 
 from __future__ import annotations
@@ -48,15 +111,29 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from numpy.lib.stride_tricks import sliding_window_view
+from scipy import stats
 
 Direction = Literal["below", "above"]
+Trend = Literal["log", "linear"]
 
-#: Generations in the trend's least-squares window, and how far ahead it looks.
+#: Consecutive generations an indicator must stay past its level for its crossing to be an onset.
+PERSISTENCE = 4
+#: Fewest generations a trend is fitted to (the first window ends at generation WINDOW - 1), the
+#: most (the last SPAN generations), and how far ahead it predicts.
 WINDOW = 5
+SPAN = 20
 HORIZON = 10
-#: `indicator` of a run counted as collapsed by its status rather than by a threshold.
-COLLAPSED = "collapsed"
+#: One-sided confidence of the prediction bound, and consecutive generations that must agree.
+CONFIDENCE = 0.95
+AGREE = 2
+#: `indicator` of a run whose onset is its degenerate fit.
+DEGENERATE = "degenerate"
+#: Run statuses of a degenerate fit ("collapsed": the name stored before schema version 2).
+DEGENERATE_STATUSES = frozenset({"degenerate", "collapsed"})
+FAILED = "failed"
+HIT, FALSE_ALARM = "hit", "false alarm"
+#: The KDE's diffusion level: its variance over the truth's.
+KDE_SPREAD = 1.6
 
 ONSET_SCHEMA = {
     "run_id": pl.String,
@@ -66,27 +143,68 @@ ONSET_SCHEMA = {
     "replicate": pl.Int64,
     "onset": pl.Int64,
     "indicator": pl.String,
+    "unconfirmed": pl.Int64,
     "last_generation": pl.Int64,
     "warning": pl.Int64,
+    "warning_outcome": pl.String,
+}
+VERDICT_SCHEMA = {
+    "family": pl.String,
+    "model": pl.String,
+    "strategy_label": pl.String,
+    "runs": pl.Int64,
+    "collapsed": pl.Int64,
+    "collapsed_share": pl.Float64,
+    "collapsed_low": pl.Float64,
+    "collapsed_high": pl.Float64,
+    "median_onset": pl.Float64,
+    "unconfirmed": pl.Int64,
+    "warned": pl.Int64,
+    "hits": pl.Int64,
+    "false_alarms": pl.Int64,
+    "false_alarm_rate": pl.Float64,
+    "median_lead": pl.Float64,
+    "generations": pl.Int64,
+    "rank": pl.Int64,
 }
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """One collapse indicator: `metric` strictly `direction` `value` (times generation 0's value
-    when `relative`)."""
+    """One collapse indicator: `metric` strictly `direction` `value` (times the mean of the first
+    `baseline` generations' values when `relative`), with optional settings of its own."""
 
     metric: str
     direction: Direction
     value: float
     relative: bool = False
+    #: A relative level's base: the mean of generations 0 .. baseline - 1 (1: generation 0).
+    baseline: int = 1
+    #: The early warning's trend: a line through the metric's logarithm ("log": collapse that
+    #: compounds, a factor a generation) or through the metric itself ("linear": an additive walk).
+    trend: Trend = "log"
+    #: This indicator's own persistence, trend confidence and agreement (None: onset_by_run's).
+    persistence: int | None = None
+    confidence: float | None = None
+    agree: int | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("below", "above"):
             raise ValueError(f"direction must be 'below' or 'above', got {self.direction!r}")
+        if self.trend not in ("log", "linear"):
+            raise ValueError(f"trend must be 'log' or 'linear', got {self.trend!r}")
+        if self.baseline < 1:
+            raise ValueError(f"baseline must be at least 1 generation, got {self.baseline}")
+        if self.persistence is not None and self.persistence < 1:
+            raise ValueError(f"persistence must be at least 1 generation, got {self.persistence}")
+        if self.confidence is not None and not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must lie strictly between 0 and 1, got {self.confidence}")
+        if self.agree is not None and self.agree < 1:
+            raise ValueError(f"agree must be at least 1 generation, got {self.agree}")
 
     def level(self, start: float) -> float:
-        """The level the metric is compared with, given its generation-0 value `start`."""
+        """The level the metric is compared with, given its base value `start` (generation 0's,
+        or the mean of the first `baseline` generations')."""
         return self.value * start if self.relative else self.value
 
     def past(self, values: np.ndarray, level: float) -> np.ndarray:
@@ -94,14 +212,22 @@ class Threshold:
         return values < level if self.direction == "below" else values > level
 
     def describe(self) -> str:
-        """Human form for reports, e.g. `weight_sq_error > 2 x generation 0`."""
+        """Human form for reports, e.g. `weight_sq_error > 2 x generation 0` (plus `for 2
+        generations` when the threshold has its own persistence)."""
         sign = "<" if self.direction == "below" else ">"
         rule = f"{self.metric} {sign} {self.value:g}"
-        return f"{rule} x generation 0" if self.relative else rule
+        if self.relative and self.baseline == 1:
+            rule += " x generation 0"
+        elif self.relative:
+            rule += f" x mean of generations 0-{self.baseline - 1}"
+        if self.persistence is not None:
+            rule += f" for {self.persistence} generation{'s' if self.persistence > 1 else ''}"
+        return rule
 
 
 def default_thresholds() -> dict[str, list[Threshold]]:
-    """Each family's collapse indicators (the module docstring says why these levels)."""
+    """Each family's collapse indicators, calibrated on studies/calibration.yaml (the module
+    docstring says why these levels)."""
     return {
         "gaussian": [
             Threshold("variance_ratio", "below", 0.5),
@@ -112,24 +238,42 @@ def default_thresholds() -> dict[str, list[Threshold]]:
             Threshold("tail_mass_ratio", "below", 0.25),
         ],
         "kde": [
-            Threshold("variance_ratio", "above", 2.0),
+            Threshold("variance_ratio", "above", KDE_SPREAD, persistence=2),
             Threshold("variance_ratio", "below", 0.5),
         ],
-        "linear-regression": [Threshold("weight_sq_error", "above", 5.0, relative=True)],
-        "categorical": [Threshold("vocab_survival", "below", 0.5, relative=True)],
+        "linear-regression": [
+            Threshold(
+                "weight_sq_error",
+                "above",
+                5.0,
+                relative=True,
+                baseline=3,
+                persistence=2,
+                trend="linear",
+                agree=1,
+            )
+        ],
+        "categorical": [Threshold("vocab_survival", "below", 0.4, relative=True)],
         "ngram": [Threshold("test_perplexity", "above", 2.0, relative=True)],
-        "digits": [Threshold("class_diversity", "below", 0.5 * math.log(10))],
+        "digits": [Threshold("class_diversity", "below", 0.7 * math.log(10))],
     }
 
 
 def threshold_from_mapping(entry: Mapping[str, Any]) -> Threshold:
-    """A study file's form `{metric, below|above: value, relative}` (validated in config.py)."""
+    """A study file's form `{metric, below|above: value, relative}` (validated in config.py),
+    plus any of Threshold's optional settings (baseline, trend, persistence, confidence, agree)."""
     direction: Direction = "below" if entry.get("below") is not None else "above"
+    optional = {
+        key: entry[key]
+        for key in ("baseline", "trend", "persistence", "confidence", "agree")
+        if entry.get(key) is not None
+    }
     return Threshold(
         metric=entry["metric"],
         direction=direction,
         value=float(entry[direction]),
         relative=bool(entry.get("relative", False)),
+        **optional,
     )
 
 
@@ -153,37 +297,103 @@ def thresholds_frame(thresholds: Mapping[str, list[Threshold]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"family": pl.String, "metric": pl.String, "rule": pl.String})
 
 
-def _indicator(
-    generations: np.ndarray,
+def _past_runs(past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of each stretch of consecutive True values."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], past.astype(np.int8), [0]))))
+    return edges[0::2], edges[1::2]
+
+
+def _crossing(
+    past: np.ndarray, persistence: int, degenerate: bool
+) -> tuple[int | None, int | None]:
+    """(confirmed, open) crossing indices of one indicator: the first stretch past the level that
+    lasts `persistence` values or, in a run that degenerated, lasts until it ended; and the start
+    of a final stretch too short to be confirmed because the run ended first."""
+    starts, ends = _past_runs(past)
+    confirmed = (ends - starts >= persistence) | (degenerate & (ends == past.size))
+    first = int(starts[np.argmax(confirmed)]) if confirmed.any() else None
+    trailing = starts.size and ends[-1] == past.size and not confirmed[-1]
+    return first, (int(starts[-1]) if trailing else None)
+
+
+def _trend_fires(
     values: np.ndarray,
-    threshold: Threshold,
+    level: float,
+    direction: Direction,
     *,
     window: int,
+    span: int,
     horizon: int,
-) -> tuple[int | None, int | None]:
-    """(onset, first warning) of one indicator over one run's series, sorted by generation."""
-    if threshold.relative:
-        if generations.size == 0 or generations[0] != 0 or not math.isfinite(values[0]):
-            return None, None  # no generation-0 baseline to be relative to
-        level = threshold.level(float(values[0]))
-    else:
-        level = threshold.level(math.nan)
-    past = threshold.past(values, level)
-    onset = int(generations[np.argmax(past)]) if past.any() else None
-    if values.size < window:
-        return onset, None
-    xs = sliding_window_view(generations.astype(float), window)
-    ys = sliding_window_view(values, window)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        x_mean, y_mean = xs.mean(axis=1), ys.mean(axis=1)
-        dx = xs - x_mean[:, None]
-        slope = (dx * (ys - y_mean[:, None])).sum(axis=1) / (dx * dx).sum(axis=1)
-        predicted = y_mean + slope * (xs[:, -1] + horizon - x_mean)
-        fires = np.isfinite(predicted) & threshold.past(predicted, level)
-    ends = generations[window - 1 :]
-    if onset is not None:
-        fires &= ends < onset
-    return onset, (int(ends[np.argmax(fires)]) if fires.any() else None)
+    confidence: float,
+    trend: Trend = "log",
+) -> np.ndarray:
+    """Per index g: whether the one-sided `confidence` prediction bound at g + horizon of a
+    least-squares line through log(values) of the last `span` (at least `window`) indices up to g
+    lies past log(level). Any non-positive, missing or infinite value in the span: no."""
+    size = values.size
+    fires = np.zeros(size, dtype=bool)
+    logarithmic = trend == "log"
+    if size < window or not math.isfinite(level) or (logarithmic and level <= 0):
+        return fires
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(values) if logarithmic else values.astype(float)
+    good = np.isfinite(y)
+    y = np.where(good, y, 0.0)
+    x = np.arange(size, dtype=float)
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        c = np.concatenate(([0.0], np.cumsum(a)))
+        return c[ends + 1] - c[starts]
+
+    ends = np.arange(window - 1, size)
+    starts = np.maximum(0, ends - span + 1)
+    m = (ends - starts + 1).astype(float)
+    complete = window_sums((~good).astype(float)) == 0
+    sx, sy = window_sums(x), window_sums(y)
+    sxx = window_sums(x * x) - sx * sx / m
+    sxy = window_sums(x * y) - sx * sy / m
+    syy = window_sums(y * y) - sy * sy / m
+    slope = sxy / sxx
+    x_mean, y_mean = sx / m, sy / m
+    target = ends + horizon
+    predicted = y_mean + slope * (target - x_mean)
+    residual = np.maximum(syy - slope * sxy, 0.0) / (m - 2)
+    spread = np.sqrt(residual * (1 + 1 / m + (target - x_mean) ** 2 / sxx))
+    bound = stats.t.ppf(confidence, m - 2) * spread
+    target_level = math.log(level) if logarithmic else level
+    below = direction == "below"
+    past = (predicted + bound < target_level) if below else (predicted - bound > target_level)
+    fires[ends] = complete & past
+    return fires
+
+
+def _own(setting, default):
+    """A threshold's own setting, or the run-wide default when it has none."""
+    return default if setting is None else setting
+
+
+def _first_streak(fires: np.ndarray, agree: int) -> int | None:
+    """The first index at which `fires` has held for `agree` consecutive indices."""
+    starts, ends = _past_runs(fires)
+    long_enough = ends - starts >= agree
+    return int(starts[np.argmax(long_enough)] + agree - 1) if long_enough.any() else None
+
+
+def _check(persistence: int, window: int, horizon: int, span: int, confidence: float, agree: int):
+    if persistence < 1:
+        raise ValueError(f"persistence must be at least 1 generation, got {persistence}")
+    if window < 3:
+        raise ValueError(
+            f"window must be at least 3 generations for a trend's interval, got {window}"
+        )
+    if span < window:
+        raise ValueError(f"span ({span}) must be at least the window ({window})")
+    if horizon < 0:
+        raise ValueError(f"horizon must be >= 0, got {horizon}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    if agree < 1:
+        raise ValueError(f"agree must be at least 1 generation, got {agree}")
 
 
 def onset_by_run(
@@ -191,86 +401,229 @@ def onset_by_run(
     runs: pl.DataFrame,
     thresholds: Mapping[str, list[Threshold]],
     *,
+    persistence: int = PERSISTENCE,
     window: int = WINDOW,
     horizon: int = HORIZON,
+    span: int = SPAN,
+    confidence: float = CONFIDENCE,
+    agree: int = AGREE,
 ) -> pl.DataFrame:
-    """One row per run that did not fail: run_id, family, model, strategy_label, replicate, onset
-    (null = not within G), indicator (metric that crossed first, or "collapsed"),
-    last_generation (last generation with metrics), warning (null = none before the onset).
+    """One row per run that did not fail (ONSET_SCHEMA; the module docstring gives the rules):
+    onset (null = not within its generations), indicator (metric, or "degenerate"), unconfirmed
+    (a crossing the run ended too soon to confirm, when no onset), last_generation, warning (the
+    first, before the onset) and warning_outcome ("hit" / "false alarm").
 
     `tidy` needs run_id, generation, metric, value (Store.tidy); `runs` needs run_id, family,
-    model, strategy_label, replicate, status, collapse_generation (Store.runs)."""
-    if window < 2:
-        raise ValueError(f"window must be at least 2 generations for a trend, got {window}")
-    if horizon < 0:
-        raise ValueError(f"horizon must be >= 0, got {horizon}")
-    spine = runs.filter(pl.col("status") != "failed").select(
-        "run_id", "family", "model", "strategy_label", "replicate", "status", "collapse_generation"
+    model, strategy_label, replicate, status, degenerate_generation (Store.runs)."""
+    _check(persistence, window, horizon, span, confidence, agree)
+    spine = runs.filter(pl.col("status") != FAILED).select(
+        "run_id",
+        "family",
+        "model",
+        "strategy_label",
+        "replicate",
+        "status",
+        "degenerate_generation",
     )
     metrics = tidy.select("run_id", "generation", "metric", "value").join(
         spine.select("run_id"), on="run_id", how="semi"
     )
     last = metrics.group_by("run_id").agg(last_generation=pl.col("generation").max())
     wanted = pl.DataFrame(
-        [
-            {"family": family, "metric": t.metric}
-            for family, items in thresholds.items()
-            for t in items
-        ],
-        schema={"family": pl.String, "metric": pl.String},
+        [{"metric": t.metric} for items in thresholds.values() for t in items],
+        schema={"metric": pl.String},
     ).unique()
-    series = (
-        metrics.join(spine.select("run_id", "family"), on="run_id")
-        .join(wanted, on=["family", "metric"], how="semi")
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (run_id, metric), group in (
+        metrics.join(wanted, on="metric", how="semi")
         .sort("run_id", "metric", "generation")
-    )
-    # per run: (onset, order in the family's list, metric) of crossed indicators, and warnings
-    crossings: dict[str, list[tuple[int, int, str]]] = {}
-    warnings: dict[str, list[int]] = {}
-    for (run_id, family, metric), group in series.group_by(
-        ["run_id", "family", "metric"], maintain_order=True
+        .group_by(["run_id", "metric"], maintain_order=True)
     ):
-        generations = group["generation"].to_numpy()
-        values = group["value"].to_numpy().astype(float)
-        for order, threshold in enumerate(thresholds.get(family, [])):
-            if threshold.metric != metric:
-                continue
-            onset, warning = _indicator(
-                generations, values, threshold, window=window, horizon=horizon
-            )
-            if onset is not None:
-                crossings.setdefault(run_id, []).append((onset, order, metric))
-            if warning is not None:
-                warnings.setdefault(run_id, []).append(warning)
+        series.setdefault(run_id, {})[metric] = (
+            group["generation"].to_numpy(),
+            group["value"].to_numpy().astype(float),
+        )
     rows = []
     for run in spine.join(last, on="run_id", how="left").iter_rows(named=True):
-        run_id = run["run_id"]
-        first = min(crossings.get(run_id, []), default=None)
-        onset, indicator = (first[0], first[2]) if first else (None, None)
-        if run["status"] == COLLAPSED:
-            ended = run["collapse_generation"]
-            if ended is None:  # not expected from chain.py; the generation after the last
-                ended = (run["last_generation"] or -1) + 1
-            if onset is None or onset > ended:
-                onset, indicator = ended, COLLAPSED
-        warning = min(warnings.get(run_id, []), default=None)
-        if warning is not None and onset is not None and warning >= onset:
-            warning = None
+        degenerate = run["status"] in DEGENERATE_STATUSES
+        found = _judge_run(
+            series.get(run["run_id"], {}),
+            thresholds.get(run["family"], []),
+            last_generation=run["last_generation"],
+            degenerate_at=(
+                (
+                    run["degenerate_generation"]
+                    if run["degenerate_generation"] is not None
+                    else (run["last_generation"] if run["last_generation"] is not None else -1) + 1
+                )
+                if degenerate
+                else None
+            ),
+            persistence=persistence,
+            window=window,
+            horizon=horizon,
+            span=span,
+            confidence=confidence,
+            agree=agree,
+        )
         rows.append(
             {
-                "run_id": run_id,
+                "run_id": run["run_id"],
                 "family": run["family"],
                 "model": run["model"],
                 "strategy_label": run["strategy_label"],
                 "replicate": run["replicate"],
-                "onset": onset,
-                "indicator": indicator,
+                **found,
                 "last_generation": run["last_generation"],
-                "warning": warning,
             }
         )
     return pl.DataFrame(rows, schema=ONSET_SCHEMA).sort(
         "family", "model", "strategy_label", "replicate", "run_id"
+    )
+
+
+def _judge_run(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    thresholds: list[Threshold],
+    *,
+    last_generation: int | None,
+    degenerate_at: int | None,
+    persistence: int,
+    window: int,
+    horizon: int,
+    span: int,
+    confidence: float,
+    agree: int,
+) -> dict[str, Any]:
+    """onset, indicator, unconfirmed, warning, warning_outcome of one run."""
+    size = (last_generation + 1) if last_generation is not None else 0
+    crossings: list[tuple[int, int, str]] = []  # (generation, order in the list, metric)
+    open_crossings: list[int] = []
+    streams: list[tuple[Threshold, np.ndarray, float]] = []
+    for order, threshold in enumerate(thresholds):
+        if threshold.metric not in series:
+            continue
+        generations, raw = series[threshold.metric]
+        values = np.full(size, np.nan)
+        values[generations] = raw  # a generation without a value is never past any level
+        if threshold.relative:
+            base = values[: threshold.baseline]
+            if base.size < threshold.baseline or not np.isfinite(base).all():
+                continue  # no complete baseline to be relative to
+            level = threshold.level(float(base.mean()))
+        else:
+            level = threshold.level(math.nan)
+        past = threshold.past(values, level)
+        confirmed, pending = _crossing(
+            past, _own(threshold.persistence, persistence), degenerate_at is not None
+        )
+        if confirmed is not None:
+            crossings.append((confirmed, order, threshold.metric))
+        if pending is not None:
+            open_crossings.append(pending)
+        streams.append((threshold, values, level))
+    first = min(crossings, default=None)
+    onset, indicator = (first[0], first[2]) if first else (None, None)
+    if degenerate_at is not None and (onset is None or degenerate_at < onset):
+        onset, indicator = degenerate_at, DEGENERATE
+    warning = None
+    for threshold, values, level in streams:
+        fires = _trend_fires(
+            values,
+            level,
+            threshold.direction,
+            window=window,
+            span=span,
+            horizon=horizon,
+            confidence=_own(threshold.confidence, confidence),
+            trend=threshold.trend,
+        )
+        if onset is not None:
+            fires[onset:] = False
+        streak = _first_streak(fires, _own(threshold.agree, agree))
+        if streak is not None and (warning is None or streak < warning):
+            warning = streak
+    outcome = None
+    if warning is not None:
+        outcome = HIT if onset is not None and onset - warning <= horizon else FALSE_ALARM
+    return {
+        "onset": onset,
+        "indicator": indicator,
+        "unconfirmed": min(open_crossings) if onset is None and open_crossings else None,
+        "warning": warning,
+        "warning_outcome": outcome,
+    }
+
+
+def _wilson(successes: pl.Expr, trials: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:
+    """95% Wilson score interval of a binomial share (sensible at 0 and n, unlike the Wald one)."""
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * (p * (1 - p) / trials + z * z / (4 * trials * trials)).sqrt()
+    return (centre - half).clip(0.0, 1.0), (centre + half).clip(0.0, 1.0)
+
+
+def _median_onset(onsets: list[int | None]) -> float | None:
+    """Median onset with "never" counted as later than any generation: null when fewer than half
+    of the runs collapsed; when exactly half did (an even count), the generation by which half
+    had (the larger of the two middle onsets is "never")."""
+    runs = len(onsets)
+    collapsed = sorted(o for o in onsets if o is not None)
+    if runs == 0 or 2 * len(collapsed) < runs:
+        return None
+    if runs % 2:
+        return float(collapsed[runs // 2])
+    low = collapsed[runs // 2 - 1]
+    high = collapsed[runs // 2] if runs // 2 < len(collapsed) else low
+    return (low + high) / 2
+
+
+def verdict_table(onsets: pl.DataFrame) -> pl.DataFrame:
+    """One row per (family, model, strategy_label) of `onset_by_run`'s frame (VERDICT_SCHEMA):
+    runs; collapsed (runs with an onset), collapsed_share and its 95% Wilson interval
+    collapsed_low / collapsed_high; median_onset (`_median_onset`); unconfirmed (runs with an
+    unconfirmed crossing and no onset); warned, hits, false_alarms; false_alarm_rate (false
+    alarms over the runs that could raise one: runs without onset plus collapsed runs whose
+    warning came too early; null when there are none); median_lead (median onset - warning over
+    hits); generations (the G of "not within G"); rank (1 = safest within a model: lower
+    collapsed share, then later median onset, "never" latest; equal keys share a rank)."""
+    collapsed = pl.col("onset").is_not_null()
+    hit = pl.col("warning_outcome") == HIT
+    false_alarm = pl.col("warning_outcome") == FALSE_ALARM
+    grouped = onsets.group_by("family", "model", "strategy_label", maintain_order=True).agg(
+        runs=pl.len().cast(pl.Int64),
+        collapsed=collapsed.sum().cast(pl.Int64),
+        onsets=pl.col("onset"),
+        unconfirmed=(pl.col("unconfirmed").is_not_null() & ~collapsed).sum().cast(pl.Int64),
+        warned=pl.col("warning").is_not_null().sum().cast(pl.Int64),
+        hits=hit.sum().cast(pl.Int64),
+        false_alarms=false_alarm.sum().cast(pl.Int64),
+        exposed=(~collapsed | false_alarm).sum().cast(pl.Int64),
+        median_lead=(pl.col("onset") - pl.col("warning")).filter(hit).cast(pl.Float64).median(),
+        generations=pl.col("last_generation").max(),
+    )
+    medians = [_median_onset(list(o)) for o in grouped["onsets"].to_list()]
+    low, high = _wilson(pl.col("collapsed"), pl.col("runs"))
+    table = grouped.with_columns(
+        median_onset=pl.Series(medians, dtype=pl.Float64),
+        collapsed_share=pl.col("collapsed") / pl.col("runs"),
+        collapsed_low=low,
+        collapsed_high=high,
+        false_alarm_rate=pl.when(pl.col("exposed") > 0).then(
+            pl.col("false_alarms") / pl.col("exposed")
+        ),
+    ).with_columns(
+        rank=pl.struct(
+            "collapsed_share", (-pl.col("median_onset").fill_null(math.inf)).alias("sooner")
+        )
+        .rank("min")
+        .over("family", "model")
+        .cast(pl.Int64)
+    )
+    return (
+        table.select(list(VERDICT_SCHEMA))
+        .cast(VERDICT_SCHEMA)
+        .sort("family", "model", "rank", "strategy_label")
     )
 
 

@@ -185,6 +185,16 @@ GOOD_THRESHOLDS = {
     "gaussian": [
         {"metric": "variance_ratio", "below": 0.3},
         {"metric": "mean_sq_error", "above": 4, "relative": True},
+        {
+            "metric": "wasserstein2_distance",
+            "above": 3,
+            "relative": True,
+            "baseline": 3,
+            "trend": "linear",
+            "persistence": 2,
+            "confidence": 0.9,
+            "agree": 1,
+        },
     ],
     "kde": [],
 }
@@ -208,7 +218,7 @@ GOOD_THRESHOLDS = {
         ),
         (
             {"gaussian": [{"metric": "variance_ratio", "under": 0.5}]},
-            ["collapse_thresholds.gaussian[0].under", "unknown key", "above, below, metric"],
+            ["collapse_thresholds.gaussian[0].under", "unknown key", "above", "baseline", "trend"],
         ),
         (
             {"gaussian": [{"metric": "variance_ratio", "below": "half"}]},
@@ -217,6 +227,14 @@ GOOD_THRESHOLDS = {
         (
             {"gaussian": [{"metric": "variance_ratio", "below": 0.0, "relative": True}]},
             ["collapse_thresholds.gaussian[0]", "factor", "> 0"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "below": 0.5, "trend": "cubic"}]},
+            ["collapse_thresholds.gaussian[0].trend", "'log' or 'linear'", "'cubic'"],
+        ),
+        (
+            {"gaussian": [{"metric": "variance_ratio", "below": 0.5, "persistence": 0}]},
+            ["collapse_thresholds.gaussian[0].persistence", "greater than or equal to 1"],
         ),
         ({"gaussian": {"metric": "variance_ratio"}}, ["collapse_thresholds.gaussian", "list"]),
         (["gaussian"], ["collapse_thresholds", "dictionary"]),
@@ -239,6 +257,17 @@ def test_collapse_thresholds_replace_only_the_families_listed(tiny_study, tmp_pa
     assert thresholds["gaussian"] == [
         Threshold("variance_ratio", "below", 0.3),
         Threshold("mean_sq_error", "above", 4.0, relative=True),
+        Threshold(
+            "wasserstein2_distance",
+            "above",
+            3.0,
+            relative=True,
+            baseline=3,
+            trend="linear",
+            persistence=2,
+            confidence=0.9,
+            agree=1,
+        ),
     ]
     assert thresholds["kde"] == []  # switched off: only status-collapsed runs count
     defaults = default_thresholds()

@@ -14,11 +14,16 @@ from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
 from collapselab.models import FAMILIES
 from collapselab.onset import (
+    AGREE,
+    HORIZON,
+    PERSISTENCE,
+    WINDOW,
     Threshold,
     default_thresholds,
     onset_by_run,
-    onset_table,
+    threshold_from_mapping,
     thresholds_frame,
+    verdict_table,
 )
 from collapselab.store import Store
 
@@ -27,7 +32,7 @@ G = 30
 
 def synthetic(*runs: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(tidy, runs) frames from run dicts: run_id, metrics {name: values from generation 0},
-    and optionally family, strategy, replicate, status, collapse_generation."""
+    and optionally family, strategy, replicate, status, degenerate_generation."""
     run_rows, metric_rows = [], []
     for run in runs:
         run_rows.append(
@@ -38,7 +43,7 @@ def synthetic(*runs: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
                 "strategy_label": run.get("strategy", "replace"),
                 "replicate": run.get("replicate", 0),
                 "status": run.get("status", "completed"),
-                "collapse_generation": run.get("collapse_generation"),
+                "degenerate_generation": run.get("degenerate_generation"),
             }
         )
         for metric, values in run["metrics"].items():
@@ -57,7 +62,7 @@ def synthetic(*runs: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
             "strategy_label": pl.String,
             "replicate": pl.Int64,
             "status": pl.String,
-            "collapse_generation": pl.Int64,
+            "degenerate_generation": pl.Int64,
         },
     )
     tidy = pl.DataFrame(
@@ -83,6 +88,12 @@ def one(frame: pl.DataFrame, run_id: str) -> dict[str, Any]:
 BELOW_HALF = {"gaussian": [Threshold("variance_ratio", "below", 0.5)]}
 
 
+def judge(values: list[float], thresholds=BELOW_HALF, **run: Any) -> dict[str, Any]:
+    """onset_by_run's row for one hand-made gaussian run with `variance_ratio` = values."""
+    tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": values}, **run})
+    return one(onset_by_run(tidy, runs, thresholds), "r")
+
+
 def test_defaults_cover_every_family_with_its_own_metrics():
     defaults = default_thresholds()
     assert set(defaults) == set(FAMILIES)
@@ -91,57 +102,151 @@ def test_defaults_cover_every_family_with_its_own_metrics():
         for threshold in thresholds:
             assert threshold.metric in FAMILIES[family].metric_names, (family, threshold)
     rules = thresholds_frame(defaults)
-    assert "weight_sq_error > 5 x generation 0" in rules["rule"].to_list()
+    assert "weight_sq_error > 5 x mean of generations 0-2 for 2 generations" in rules["rule"]
+    assert "variance_ratio > 1.6 for 2 generations" in rules["rule"]
     assert "variance_ratio < 0.5" in rules["rule"].to_list()
+    assert (PERSISTENCE, WINDOW, HORIZON, AGREE) == (4, 5, 10, 2)
 
 
-@pytest.mark.parametrize("direction", ["below", "above"])
-@pytest.mark.parametrize(
-    ("slope", "horizon", "window"),
-    [(0.03, 10, 5), (0.03, 5, 5), (0.045, 10, 5), (0.07, 10, 5), (0.03, 10, 8), (0.011, 20, 3)],
-)
-def test_a_linear_indicator_crosses_when_expected_and_warns_horizon_earlier(
-    direction, slope, horizon, window
-):
-    # below: 1 - slope t < 0.5; above: slope t > 0.5 (mirror image); never exactly at a level
-    crossing = math.floor(0.5 / slope) + 1
-    assert 0.5 / slope % 1 > 1e-6
-    sign = -1 if direction == "below" else 1
-    values = line(1.0 if direction == "below" else 0.0, sign * slope, 60)
+@pytest.mark.parametrize("persistence", [1, 2, 4, 6])
+def test_a_crossing_counts_only_when_it_persists(persistence):
+    # dips past the level of lengths 1, 2, 3, 5 and 7 generations, then stays above
+    dips = {3: 1, 8: 2, 13: 3, 19: 5, 27: 7}
+    values = [1.0] * (G + 10)
+    for start, length in dips.items():
+        values[start : start + length] = [0.4] * length
     tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": values}})
-    thresholds = {"gaussian": [Threshold("variance_ratio", direction, 0.5)]}
-    row = one(onset_by_run(tidy, runs, thresholds, window=window, horizon=horizon), "r")
-    assert row["onset"] == crossing and row["indicator"] == "variance_ratio"
-    # the first window ends at generation window - 1: a warning cannot come before it
-    expected = max(crossing - horizon, window - 1)
-    assert row["warning"] == (expected if expected < crossing else None)
-    assert row["last_generation"] == 60
+    row = one(onset_by_run(tidy, runs, BELOW_HALF, persistence=persistence), "r")
+    expected = min(start for start, length in dips.items() if length >= persistence)
+    assert (row["onset"], row["indicator"]) == (expected, "variance_ratio")
+    assert row["unconfirmed"] is None
 
 
-def test_the_warning_is_exactly_horizon_generations_ahead_on_a_long_decline():
-    tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": line(1.0, -0.01, 100)}})
-    row = one(onset_by_run(tidy, runs, BELOW_HALF, horizon=10), "r")
-    # 1 - 0.01 t < 0.5 from t = 51 on (t = 50 is exactly at the level: not past it)
-    assert row["onset"] in (50, 51)
-    assert row["onset"] - row["warning"] in (10, 11)  # rounding at the level only
+def test_the_default_persistence_ignores_a_three_generation_dip():
+    values = [1.0] * 10 + [0.45] * 3 + [0.9] * 18
+    row = judge(values)
+    assert row["onset"] is None and row["unconfirmed"] is None and row["last_generation"] == G
+    assert judge([1.0] * 10 + [0.45] * 4 + [0.9] * 17)["onset"] == 10
 
 
-def test_a_run_that_never_collapses_has_no_onset_and_no_warning():
-    flat = [1.0 + 0.02 * (-1) ** g for g in range(G + 1)]
+def test_a_crossing_the_run_ends_too_soon_to_confirm_is_unconfirmed_not_onset():
+    ending = [1.0] * (G - 2) + [0.4, 0.4, 0.4]  # past at G-2, G-1, G: 3 < 4 generations
+    row = judge(ending)
+    assert (row["onset"], row["unconfirmed"], row["indicator"]) == (None, G - 2, None)
+    # exactly `persistence` generations before the end: confirmed
+    assert judge([1.0] * (G - 3) + [0.4] * 4)["onset"] == G - 3
+    # an earlier confirmed onset leaves no unconfirmed crossing
+    earlier = [1.0] * 5 + [0.4] * 5 + [1.0] * (G - 12) + [0.4, 0.4]
+    assert (judge(earlier)["onset"], judge(earlier)["unconfirmed"]) == (5, None)
+
+
+def test_a_degenerate_fit_is_an_onset_and_confirms_a_crossing_it_ends():
     tidy, runs = synthetic(
-        {"run_id": "flat", "metrics": {"variance_ratio": flat, "tail_mass_ratio": flat}}
+        # generations 0..5 stored, the fit of generation 6 degenerated
+        {
+            "run_id": "ended",
+            "status": "degenerate",
+            "degenerate_generation": 6,
+            "metrics": {"variance_ratio": [1.0] * 6},
+        },
+        # past from 4 until the fit degenerated at 7: 3 generations, confirmed by the end
+        {
+            "run_id": "crossed_first",
+            "status": "degenerate",
+            "degenerate_generation": 7,
+            "metrics": {"variance_ratio": [1.0, 0.9, 0.8, 0.7, 0.45, 0.4, 0.3]},
+        },
+        # a dip that came back before the degeneration does not count
+        {
+            "run_id": "dip",
+            "status": "degenerate",
+            "degenerate_generation": 9,
+            "metrics": {"variance_ratio": [1.0, 1.0, 0.4, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]},
+        },
+        # the status stored before the rename still reads as a degenerate fit
+        {
+            "run_id": "legacy",
+            "status": "collapsed",
+            "degenerate_generation": 3,
+            "metrics": {"variance_ratio": [1.0, 1.0, 1.0]},
+        },
+        {"run_id": "failed", "status": "failed", "metrics": {"variance_ratio": [0.1, 0.1]}},
     )
-    row = one(onset_by_run(tidy, runs, default_thresholds()), "flat")
-    assert row["onset"] is None and row["indicator"] is None and row["warning"] is None
-    assert row["last_generation"] == G
+    onsets = onset_by_run(tidy, runs, BELOW_HALF)
+    assert "failed" not in onsets["run_id"].to_list()
+    ended = one(onsets, "ended")
+    assert (ended["onset"], ended["indicator"], ended["last_generation"]) == (6, "degenerate", 5)
+    assert (one(onsets, "crossed_first")["onset"], one(onsets, "crossed_first")["indicator"]) == (
+        4,
+        "variance_ratio",
+    )
+    assert (one(onsets, "dip")["onset"], one(onsets, "dip")["indicator"]) == (9, "degenerate")
+    assert (one(onsets, "legacy")["onset"], one(onsets, "legacy")["indicator"]) == (
+        3,
+        "degenerate",
+    )
+    assert onsets["unconfirmed"].null_count() == onsets.height
 
 
-def test_a_trend_that_bends_back_is_a_false_alarm_not_an_onset():
-    # falls fast to 0.55, then stays: the trend predicts a crossing that never comes
-    values = [max(1.0 - 0.08 * g, 0.55) for g in range(G + 1)]
-    tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": values}})
-    row = one(onset_by_run(tidy, runs, BELOW_HALF), "r")
-    assert row["onset"] is None and row["warning"] == 4
+def geometric(rate: float, generations: int = 100) -> list[float]:
+    """A decline by `rate` a generation: a straight line on the log scale the trend is fitted on,
+    so the prediction bound is the prediction itself."""
+    return [rate**g for g in range(generations + 1)]
+
+
+@pytest.mark.parametrize(("rate", "horizon"), [(0.98, 10), (0.98, 5), (0.97, 10), (0.99, 20)])
+def test_an_exact_decline_warns_horizon_generations_ahead_of_its_crossing(rate, horizon):
+    crossing = math.floor(math.log(0.5) / math.log(rate)) + 1  # first g with rate^g < 0.5
+    tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": geometric(rate)}})
+    row = one(onset_by_run(tidy, runs, BELOW_HALF, horizon=horizon), "r")
+    assert row["onset"] == crossing
+    # the line first predicts a crossing at g = crossing - horizon; the next generation agrees
+    assert row["warning"] == max(crossing - horizon, WINDOW - 1) + AGREE - 1
+    assert row["warning_outcome"] == "hit"
+    assert 0 < row["onset"] - row["warning"] <= horizon
+
+
+def test_noise_around_a_level_gives_no_warning_and_a_bent_trend_a_false_alarm():
+    rng = np.random.default_rng(5)
+    flat = list(np.exp(rng.normal(0.0, 0.1, G + 1)))
+    row = judge(flat)
+    assert (row["onset"], row["warning"], row["warning_outcome"]) == (None, None, None)
+    # falls exactly geometrically to 0.55, then stays: the crossing it predicted never comes
+    bent = [max(0.9**g, 0.55) for g in range(G + 1)]
+    row = judge(bent)
+    assert row["onset"] is None and row["warning"] == WINDOW - 1 + AGREE - 1
+    assert row["warning_outcome"] == "false alarm"
+
+
+def test_a_warning_more_than_horizon_before_the_onset_is_a_false_alarm():
+    # a decline warns at 5, pauses at 0.6 for 15 generations, then falls past the level at 26
+    values = [0.9**g for g in range(6)] + [0.6] * 20 + [0.4] * 10
+    row = judge(values)
+    assert (row["warning"], row["onset"]) == (5, 26)
+    assert row["warning_outcome"] == "false alarm"
+    assert (
+        one(
+            onset_by_run(
+                *synthetic({"run_id": "r", "metrics": {"variance_ratio": values}}),
+                BELOW_HALF,
+                horizon=21,
+            ),
+            "r",
+        )["warning_outcome"]
+        == "hit"
+    )
+
+
+def test_a_warning_never_comes_at_or_after_the_onset():
+    # crosses at 6 (after 5 generations of trend): the first possible warning would be at 5,
+    # but the line through 0..4 already predicts it only for 5 and 6: both before the onset
+    values = [1.0, 0.95, 0.9, 0.7, 0.6, 0.55] + [0.3] * 10
+    row = judge(values)
+    assert row["onset"] == 6
+    assert row["warning"] is None or row["warning"] < row["onset"]
+    # a degenerate fit at 5: no generation is left to warn before it
+    row = judge([1.0, 0.9, 0.8, 0.7, 0.6], status="degenerate", degenerate_generation=5)
+    assert (row["onset"], row["warning"]) == (5, None)
 
 
 def test_relative_thresholds_use_each_runs_own_generation_zero():
@@ -166,53 +271,87 @@ def test_relative_thresholds_use_each_runs_own_generation_zero():
             "metrics": {"weight_sq_error": line(1.5, 0.22)},
         },
     )
-    onsets = onset_by_run(tidy, runs, thresholds, horizon=5)
-    assert (one(onsets, "high")["onset"], one(onsets, "high")["warning"]) == (14, 9)
-    assert (one(onsets, "low")["onset"], one(onsets, "low")["warning"]) == (7, 4)
+    onsets = onset_by_run(tidy, runs, thresholds)
+    assert one(onsets, "high")["onset"] == 14 and one(onsets, "low")["onset"] == 7
     assert one(onsets, "late")["onset"] is None and one(onsets, "late")["warning"] is None
     absolute = {"linear-regression": [Threshold("weight_sq_error", "above", 2.0)]}
     assert one(onset_by_run(tidy, runs, absolute), "high")["onset"] == 0
 
 
-def test_status_collapsed_counts_when_no_indicator_crossed_earlier():
-    flat = [1.0] * 6  # generations 0..5: the fit of generation 6 degenerated
-    tidy, runs = synthetic(
-        {
-            "run_id": "ended",
-            "status": "collapsed",
-            "collapse_generation": 6,
-            "metrics": {"variance_ratio": flat},
-        },
-        {
-            "run_id": "crossed_first",
-            "status": "collapsed",
-            "collapse_generation": 9,
-            "metrics": {"variance_ratio": [1.0, 0.9, 0.8, 0.7, 0.45, 0.4, 0.3, 0.2, 0.1]},
-        },
-        # a decline that warns at 7 (crossing due at 17) but degenerates at 12: warned in time
-        {
-            "run_id": "warned",
-            "status": "collapsed",
-            "collapse_generation": 12,
-            "metrics": {"variance_ratio": line(1.0, -0.03, 11)},
-        },
-        # the same decline ending at 6: the warning would come after the onset, so none
-        {
-            "run_id": "too_late",
-            "status": "collapsed",
-            "collapse_generation": 6,
-            "metrics": {"variance_ratio": line(1.0, -0.03, 5)},
-        },
-        {"run_id": "failed", "status": "failed", "metrics": {"variance_ratio": [0.1, 0.1]}},
+def test_a_relative_level_can_rest_on_the_mean_of_the_first_generations():
+    # base = mean(1, 2, 3) = 2, level 2 x 2 = 4: first past at t = 4 (value 5)
+    values = [1.0, 2.0, 3.0, 3.5, 5.0, 6.0, 7.0, 8.0, 9.0]
+    mean3 = {"gaussian": [Threshold("variance_ratio", "above", 2.0, relative=True, baseline=3)]}
+    assert judge(values, mean3)["onset"] == 4
+    # generation 0 alone (1.0): level 2, first strictly past at t = 2
+    gen0 = {"gaussian": [Threshold("variance_ratio", "above", 2.0, relative=True)]}
+    assert judge(values, gen0)["onset"] == 2
+    # a run ending before its baseline is complete has no level: no onset, no warning
+    row = judge(values[:2], mean3)
+    assert (row["onset"], row["warning"]) == (None, None)
+    assert mean3["gaussian"][0].describe() == "variance_ratio > 2 x mean of generations 0-2"
+    assert gen0["gaussian"][0].describe() == "variance_ratio > 2 x generation 0"
+
+
+def test_a_thresholds_own_persistence_and_agreement_override_the_run_wide_ones():
+    dip = [1.0] * 10 + [0.4, 0.4] + [1.0] * 19  # two generations past the level
+    assert judge(dip)["onset"] is None
+    own = {"gaussian": [Threshold("variance_ratio", "below", 0.5, persistence=2)]}
+    assert judge(dip, own)["onset"] == 10
+    # an exact decline: with agree=1 the warning comes one generation before the default's
+    decline = geometric(0.97)
+    default_warning = judge(decline)["warning"]
+    once = {"gaussian": [Threshold("variance_ratio", "below", 0.5, agree=1)]}
+    assert judge(decline, once)["warning"] == default_warning - (AGREE - 1)
+    # noise: a confidence of 0.5 is the point prediction and fires where 0.999 does not
+    rng = np.random.default_rng(3)
+    noisy = [0.97**g * math.exp(rng.normal(0, 0.15)) for g in range(G + 1)]
+    strict = {"gaussian": [Threshold("variance_ratio", "below", 0.5, confidence=0.999)]}
+    loose = {"gaussian": [Threshold("variance_ratio", "below", 0.5, confidence=0.5)]}
+    assert judge(noisy, loose)["warning"] < (judge(noisy, strict)["warning"] or G + 1)
+
+
+def test_a_linear_trend_is_fitted_to_the_values_themselves():
+    # 1 + 0.1 t > 3.05 from t = 21: an exact line, so the linear trend's bound is its
+    # prediction: it first predicts the crossing at g = 11 (g + 10 = 21) and agrees at 12
+    values = line(1.0, 0.1)
+    linear = {"gaussian": [Threshold("variance_ratio", "above", 3.05, trend="linear")]}
+    row = judge(values, linear)
+    assert (row["onset"], row["warning"], row["warning_outcome"]) == (21, 12, "hit")
+    # the same values on the log scale bend (a concave curve): not the same warning
+    logged = judge(values, {"gaussian": [Threshold("variance_ratio", "above", 3.05)]})
+    assert logged["onset"] == 21 and logged["warning"] != 12
+    # a linear trend takes values at or below zero, which the log scale cannot
+    shifted = [v - 2.0 for v in values]
+    zero = {"gaussian": [Threshold("variance_ratio", "above", 1.05, trend="linear")]}
+    assert judge(shifted, zero)["warning"] == 12
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("direction", "sideways"),
+        ("trend", "cubic"),
+        ("baseline", 0),
+        ("persistence", 0),
+        ("confidence", 1.0),
+        ("agree", 0),
+    ],
+)
+def test_bad_threshold_settings_are_refused(option, value):
+    with pytest.raises(ValueError, match=option):
+        Threshold(**{"metric": "m", "direction": "above", "value": 1.0, option: value})
+
+
+def test_a_study_files_threshold_keeps_its_optional_settings():
+    threshold = threshold_from_mapping(
+        {"metric": "weight_sq_error", "above": 5, "relative": True, "baseline": 3, "agree": 1}
     )
-    onsets = onset_by_run(tidy, runs, BELOW_HALF)
-    assert "failed" not in onsets["run_id"].to_list()
-    ended = one(onsets, "ended")
-    assert (ended["onset"], ended["indicator"], ended["last_generation"]) == (6, "collapsed", 5)
-    assert one(onsets, "crossed_first")["onset"] == 4
-    assert one(onsets, "crossed_first")["indicator"] == "variance_ratio"
-    assert (one(onsets, "warned")["onset"], one(onsets, "warned")["warning"]) == (12, 7)
-    assert one(onsets, "too_late")["warning"] is None
+    assert threshold == Threshold(
+        "weight_sq_error", "above", 5.0, relative=True, baseline=3, agree=1
+    )
+    plain = threshold_from_mapping({"metric": "variance_ratio", "below": 0.5, "baseline": None})
+    assert plain == Threshold("variance_ratio", "below", 0.5)
 
 
 def test_the_first_indicator_to_cross_names_the_onset_ties_by_list_order():
@@ -220,13 +359,13 @@ def test_the_first_indicator_to_cross_names_the_onset_ties_by_list_order():
         {
             "run_id": "r",
             "metrics": {
-                "variance_ratio": [1.0, 0.8, 0.6, 0.4, 0.3],
-                "tail_mass_ratio": [1.0, 0.7, 0.2, 0.1, 0.1],
+                "variance_ratio": [1.0, 0.8, 0.6, 0.4, 0.3, 0.3, 0.3, 0.3],
+                "tail_mass_ratio": [1.0, 0.7, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1],
             },
         },
         {
             "run_id": "tie",
-            "metrics": {"variance_ratio": [1.0, 0.4], "tail_mass_ratio": [1.0, 0.1]},
+            "metrics": {"variance_ratio": [1.0] + [0.4] * 5, "tail_mass_ratio": [1.0] + [0.1] * 5},
         },
     )
     onsets = onset_by_run(tidy, runs, default_thresholds())
@@ -235,21 +374,31 @@ def test_the_first_indicator_to_cross_names_the_onset_ties_by_list_order():
 
 
 def test_an_infinite_value_crosses_but_gives_no_trend():
-    values = [1.0, 1.0, 1.0, 1.0, math.inf, 1.0, 1.0, 1.0, 1.0, 1.0]
+    values = [1.0] * 4 + [math.inf] * 5 + [1.0] * 5
     tidy, runs = synthetic({"run_id": "r", "family": "kde", "metrics": {"variance_ratio": values}})
     row = one(onset_by_run(tidy, runs, default_thresholds()), "r")
     assert (row["onset"], row["indicator"], row["warning"]) == (4, "variance_ratio", None)
 
 
-def test_bad_window_or_horizon_is_refused():
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("window", 2),
+        ("horizon", -1),
+        ("persistence", 0),
+        ("span", 4),
+        ("confidence", 1.0),
+        ("agree", 0),
+    ],
+)
+def test_bad_rule_parameters_are_refused(option, value):
     tidy, runs = synthetic({"run_id": "r", "metrics": {"variance_ratio": [1.0]}})
-    with pytest.raises(ValueError, match="window"):
-        onset_by_run(tidy, runs, BELOW_HALF, window=1)
-    with pytest.raises(ValueError, match="horizon"):
-        onset_by_run(tidy, runs, BELOW_HALF, horizon=-1)
+    with pytest.raises(ValueError, match=option):
+        onset_by_run(tidy, runs, BELOW_HALF, **{option: value})
 
 
-def onsets_frame(groups: dict[tuple[str, str], list[int | None]]) -> pl.DataFrame:
+def onsets_frame(groups: dict[tuple[str, str], list[tuple]]) -> pl.DataFrame:
+    """onset_by_run-shaped rows: per (model, strategy) a list of (onset, warning, outcome)."""
     rows = [
         {
             "run_id": f"{model}/{strategy}/{i}",
@@ -259,56 +408,82 @@ def onsets_frame(groups: dict[tuple[str, str], list[int | None]]) -> pl.DataFram
             "replicate": i,
             "onset": onset,
             "indicator": None if onset is None else "variance_ratio",
-            "last_generation": G if onset is None else onset - 1,
-            "warning": None if onset is None or onset < 5 else onset - 3,
+            "unconfirmed": G - 1 if onset is None and i == 0 else None,
+            "last_generation": G,
+            "warning": warning,
+            "warning_outcome": outcome,
         }
-        for (model, strategy), onsets in groups.items()
-        for i, onset in enumerate(onsets)
+        for (model, strategy), runs in groups.items()
+        for i, (onset, warning, outcome) in enumerate(runs)
     ]
     return pl.DataFrame(rows, schema=dict(onset_by_run(*synthetic(), BELOW_HALF).schema))
 
 
-def test_onset_table_medians_treat_never_as_infinity_and_rank_ties():
-    table = onset_table(
+NEVER = (None, None, None)
+
+
+def test_verdict_table_counts_shares_medians_and_ranks():
+    table = verdict_table(
         onsets_frame(
             {
-                ("m", "never"): [None, None, None],
-                ("m", "mostly-never"): [None, None, 5],
-                ("m", "late-some"): [None, 4, 8],
-                ("m", "late-all"): [8, 8, 8],
-                ("m", "late-all-too"): [8, 8, 8],
-                ("m", "early"): [2, 3, None],
-                ("m", "even"): [6, 9, 7, 8],
-                ("other", "early"): [1, 1, 1],
+                ("m", "never"): [NEVER] * 4,
+                ("m", "half"): [NEVER, NEVER, (6, None, None), (9, 4, "hit")],
+                ("m", "minority"): [NEVER, NEVER, (3, None, None)],
+                ("m", "all"): [(8, 2, "hit"), (8, 6, "hit"), (8, None, None)],
+                ("m", "alarms"): [NEVER, NEVER, (None, 7, "false alarm"), (20, 3, "false alarm")],
+                ("other", "early"): [(1, None, None)] * 3,
             }
         )
     )
     rows = {(r["model"], r["strategy_label"]): r for r in table.iter_rows(named=True)}
+    assert list(table.columns) == [
+        "family", "model", "strategy_label", "runs", "collapsed", "collapsed_share",
+        "collapsed_low", "collapsed_high", "median_onset", "unconfirmed", "warned", "hits",
+        "false_alarms", "false_alarm_rate", "median_lead", "generations", "rank",
+    ]  # fmt: skip
+    never, half, minority = rows[("m", "never")], rows[("m", "half")], rows[("m", "minority")]
+    everything, alarms = rows[("m", "all")], rows[("m", "alarms")]
+    assert (never["runs"], never["collapsed"], never["median_onset"]) == (4, 0, None)
+    assert never["unconfirmed"] == 1 and never["generations"] == G
+    # 95% Wilson interval of 0/4 is [0, 0.490]; of 2/4 is [0.150, 0.850]
+    assert never["collapsed_low"] == 0 and never["collapsed_high"] == pytest.approx(
+        0.4899, abs=1e-4
+    )
+    assert (half["collapsed_low"], half["collapsed_high"]) == pytest.approx(
+        (0.1500, 0.8500), abs=1e-4
+    )
+    assert half["median_onset"] == 9.0  # half collapsed: the generation by which half had
+    assert minority["median_onset"] is None  # fewer than half collapsed
+    assert everything["median_onset"] == 8.0
+    # hits: leads 6 and 2; no false alarm and no run that could raise one: rate undefined
+    assert (everything["warned"], everything["hits"], everything["median_lead"]) == (2, 2, 4.0)
+    assert everything["false_alarms"] == 0 and everything["false_alarm_rate"] is None
+    # false alarms over runs without onset (3) plus collapsed runs warned too early (1)
+    assert (alarms["warned"], alarms["hits"], alarms["false_alarms"]) == (2, 0, 2)
+    assert alarms["false_alarm_rate"] == 0.5 and alarms["median_lead"] is None
+    assert (half["false_alarm_rate"], half["median_lead"]) == (0.0, 5.0)
+    # safest first: lower collapsed share, then later median onset
     ranks = {s: r["rank"] for (m, s), r in rows.items() if m == "m"}
-    # never (inf, share 0) beats mostly-never (inf, share 1/3); at median 8 the lower share wins;
-    # equal keys share a rank and the next is skipped
-    assert ranks == {
-        "never": 1,
-        "mostly-never": 2,
-        "late-some": 3,
-        "late-all": 4,
-        "late-all-too": 4,
-        "even": 6,
-        "early": 7,
+    assert ranks == {"never": 1, "alarms": 2, "minority": 3, "half": 4, "all": 5}
+    assert rows[("other", "early")]["rank"] == 1
+    assert table["strategy_label"].to_list()[:5] == ["never", "alarms", "minority", "half", "all"]
+
+
+def test_verdict_ranks_equal_shares_by_later_median_onset_and_ties_share_a_rank():
+    table = verdict_table(
+        onsets_frame(
+            {
+                ("m", "early"): [(2, None, None)] * 2,
+                ("m", "late"): [(9, None, None)] * 2,
+                ("m", "late-too"): [(9, None, None)] * 2,
+            }
+        )
+    )
+    assert dict(zip(table["strategy_label"], table["rank"], strict=True)) == {
+        "late": 1,
+        "late-too": 1,
+        "early": 3,
     }
-    assert rows[("other", "early")]["rank"] == 1  # ranked within its own model
-    never, some = rows[("m", "never")], rows[("m", "late-some")]
-    assert never["median_onset"] == math.inf and never["median_label"] == f"not within G={G}"
-    assert never["collapsed_runs"] == 0 and never["min_onset"] is None
-    assert rows[("m", "mostly-never")]["median_label"] == f"not within G={G}"
-    assert (some["runs"], some["collapsed_runs"], some["median_onset"]) == (3, 2, 8.0)
-    assert (some["min_onset"], some["max_onset"], some["median_label"]) == (4, 8, "8")
-    assert some["collapsed_share"] == pytest.approx(2 / 3)
-    assert rows[("m", "even")]["median_label"] == "7.5"
-    # warnings 3 generations ahead for onsets >= 5 (onsets_frame): leads and counts
-    assert (some["warned_runs"], some["median_lead"], some["false_alarms"]) == (1, 3.0, 0)
-    assert rows[("m", "early")]["warned_runs"] == 0 and rows[("m", "early")]["median_lead"] is None
-    assert table.columns[:3] == ["family", "model", "strategy_label"]
 
 
 def test_real_chains_replace_at_low_temperature_collapses_accumulate_does_not(tmp_path):
@@ -330,39 +505,36 @@ def test_real_chains_replace_at_low_temperature_collapses_accumulate_does_not(tm
     store.ingest(runs, metrics)
     tidy, stored_runs = store.tidy("onset"), store.runs("onset")
     onsets = onset_by_run(tidy, stored_runs, study.onset_thresholds())
-    table = {r["strategy_label"]: r for r in onset_table(onsets).iter_rows(named=True)}
+    table = {r["strategy_label"]: r for r in verdict_table(onsets).iter_rows(named=True)}
 
     hot, kept = table["replace(T=0.8)"], table["accumulate"]
     assert hot["runs"] == kept["runs"] == 12
     # the variance shrinks by T = 0.8 a generation: 0.8^t < 0.5 from t = 4 on, and the tail
     # mass ratio < 0.25 (variance about 0.62) from t = 3; sampling noise moves it by a generation
-    assert hot["collapsed_runs"] == 12 and 2 <= hot["median_onset"] <= 4
-    assert hot["max_onset"] <= 6
+    assert hot["collapsed"] == 12 and 2 <= hot["median_onset"] <= 4
+    assert onsets.filter(pl.col("strategy_label") == "replace(T=0.8)")["onset"].max() <= 6
     # accumulate keeps R0 in the pool: the variance stays near its generation-0 value
-    assert kept["collapsed_runs"] == 0 and kept["median_label"] == f"not within G={G}"
+    assert kept["collapsed"] == 0 and kept["median_onset"] is None and kept["generations"] == G
     assert (kept["rank"], hot["rank"]) == (1, 2)
 
-    # every onset is where the raw series first passes the level, checked by a plain loop
+    # every onset starts the first stretch of PERSISTENCE generations past a level, by a plain loop
     thresholds = {t.metric: t for t in study.onset_thresholds()["gaussian"]}
-    for row in onsets.filter(pl.col("onset").is_not_null()).iter_rows(named=True):
+
+    def first_stretch(run_id: str, metric: str) -> int | None:
         series = (
-            tidy.filter(
-                (pl.col("run_id") == row["run_id"]) & (pl.col("metric") == row["indicator"])
-            )
+            tidy.filter((pl.col("run_id") == run_id) & (pl.col("metric") == metric))
             .sort("generation")["value"]
-            .to_numpy()
+            .to_list()
         )
-        past = [g for g, v in enumerate(series) if v < thresholds[row["indicator"]].value]
-        assert past and past[0] == row["onset"]
-        assert all(
-            np.all(
-                tidy.filter((pl.col("run_id") == row["run_id"]) & (pl.col("metric") == m))
-                .sort("generation")["value"]
-                .to_numpy()[: row["onset"]]
-                >= t.value
-            )
-            for m, t in thresholds.items()
+        past = [v < thresholds[metric].value for v in series]
+        return next(
+            (g for g in range(len(past) - PERSISTENCE + 1) if all(past[g : g + PERSISTENCE])),
+            None,
         )
+
+    for row in onsets.iter_rows(named=True):
+        stretches = [first_stretch(row["run_id"], m) for m in thresholds]
+        assert row["onset"] == min((g for g in stretches if g is not None), default=None)
     assert onsets.filter(pl.col("warning") >= pl.col("onset")).is_empty()
 
 
@@ -386,7 +558,8 @@ def test_onset_distribution_matches_the_variance_random_walk():
         }
     )
     runs, metrics = outcomes_to_frames(run_many(study.run_specs()))
-    by_run = onset_by_run(metrics, runs, study.onset_thresholds())
+    # the first generation past the level: no persistence asked
+    by_run = onset_by_run(metrics, runs, study.onset_thresholds(), persistence=1)
     assert set(by_run["indicator"].drop_nulls()) == {"variance_ratio"}
     onsets = by_run["onset"].to_numpy()  # float, NaN where none
 
