@@ -560,7 +560,10 @@ def _wilson(successes: pl.Expr, trials: pl.Expr, z: float = 1.959964) -> tuple[p
     p = successes / trials
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z / (1 + z * z / trials) * (p * (1 - p) / trials + z * z / (4 * trials * trials)).sqrt()
-    return (centre - half).clip(0.0, 1.0), (centre + half).clip(0.0, 1.0)
+    # exact at the edges: rounding leaves about 1e-17 where the bound is 0 (or 1) in theory
+    low = pl.when(successes == 0).then(0.0).otherwise((centre - half).clip(0.0, 1.0))
+    high = pl.when(successes == trials).then(1.0).otherwise((centre + half).clip(0.0, 1.0))
+    return low, high
 
 
 def _median_onset(onsets: list[int | None]) -> float | None:

@@ -452,6 +452,10 @@ def test_verdict_table_counts_shares_medians_and_ranks():
     assert (half["collapsed_low"], half["collapsed_high"]) == pytest.approx(
         (0.1500, 0.8500), abs=1e-4
     )
+    # exactly 0 and 1 at the edges (0 of 3 computes to about 5.6e-17 before that)
+    assert everything["collapsed_high"] == 1.0 and everything["collapsed_low"] < 1
+    none_of_three = verdict_table(onsets_frame({("z", "never"): [NEVER] * 3})).row(0, named=True)
+    assert none_of_three["collapsed_low"] == 0.0 and none_of_three["collapsed_high"] > 0
     assert half["median_onset"] == 9.0  # half collapsed: the generation by which half had
     assert minority["median_onset"] is None  # fewer than half collapsed
     assert everything["median_onset"] == 8.0
