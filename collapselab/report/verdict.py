@@ -200,5 +200,8 @@ def verdict_section(
         "rules": rules,
         "persistence": onset.PERSISTENCE,
         "window": onset.WINDOW,
+        "span": onset.SPAN,
+        "confidence": round(100 * onset.CONFIDENCE),
+        "agree": onset.AGREE,
         "horizon": onset.HORIZON,
     }
