@@ -8,8 +8,13 @@ whatever the runner, the order or the retry.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -18,10 +23,12 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     NonNegativeInt,
     PositiveInt,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -104,6 +111,11 @@ class StudyConfig(BaseModel):
     #: Collapse indicators per family, replacing that family's defaults (collapselab.onset).
     #: An analysis setting, not a run parameter: it is in no RunSpec, so no run id or seed moves.
     collapse_thresholds: dict[str, list[CollapseThreshold]] = Field(default_factory=dict)
+    #: Limits of the study's estimated peak memory and database growth (`8GB`, `500MiB`; None:
+    #: DEFAULT_MAX_MEMORY / DEFAULT_MAX_DATABASE). Checked by `check_budget` before any compute;
+    #: `collapselab run --max-memory` overrides `max_memory`. In no RunSpec: no run id moves.
+    max_memory: ByteSize | None = None
+    max_database: ByteSize | None = None
 
     @field_validator("collapse_thresholds")
     @classmethod
@@ -152,23 +164,31 @@ class StudyConfig(BaseModel):
         """Every family's collapse indicators: the defaults with this study's overrides."""
         return thresholds_from_config(self.model_dump(mode="json"))
 
+    @property
+    def run_count(self) -> int:
+        """Runs in the grid, counted without building them."""
+        return len(self.models) * len(self.strategies) * self.replicates
+
+    def iter_run_specs(self) -> Iterator[RunSpec]:
+        """Every run of the study, one at a time: models x strategies x replicates."""
+        for model in self.models:
+            for strategy in self.strategies:
+                for replicate in range(self.replicates):
+                    yield RunSpec(
+                        study=self.name,
+                        seed=self.seed,
+                        generations=self.generations,
+                        n=self.samples_per_generation,
+                        test_size=self.test_size,
+                        model=model,
+                        strategy=strategy,
+                        replicate=replicate,
+                    )
+
     def run_specs(self) -> list[RunSpec]:
-        """Every run of the study: models x strategies x replicates."""
-        return [
-            RunSpec(
-                study=self.name,
-                seed=self.seed,
-                generations=self.generations,
-                n=self.samples_per_generation,
-                test_size=self.test_size,
-                model=model,
-                strategy=strategy,
-                replicate=replicate,
-            )
-            for model in self.models
-            for strategy in self.strategies
-            for replicate in range(self.replicates)
-        ]
+        """Every run of the study as a list (call `check_budget` first on an untrusted study:
+        a list of 10^7 specs alone takes tens of GB)."""
+        return list(self.iter_run_specs())
 
 
 def _digest(payload: Any) -> bytes:
@@ -234,6 +254,161 @@ class RunSpec(BaseModel):
         return _seed_sequence(self.seed, ["chain", payload])
 
 
+# --- budgets: memory and database growth, estimated from the grid before any compute --------
+
+GB = 2**30
+#: Limits a study must fit unless it raises them (`max_memory:` / `max_database:` in the study
+#: file, or `collapselab run --max-memory`); the memory limit is at least DEFAULT_MAX_MEMORY and
+#: at least half the machine's memory (default_max_memory).
+DEFAULT_MAX_MEMORY = 8 * GB
+DEFAULT_MAX_DATABASE = 20 * GB
+#: The flow process holds a RunSpec, its run id and its bookkeeping per run of the grid.
+FLOW_BYTES_PER_RUN = 4096
+#: A recorded metric value (a dict entry in a worker, a row in flight to the database).
+BYTES_PER_METRIC_IN_MEMORY = 150
+#: Database growth: a run's row (its parameters as JSON), a metric row, compressed by DuckDB.
+DB_BYTES_PER_RUN = 2048
+DB_BYTES_PER_METRIC = 48
+#: A run's fixed cost in a worker beyond its data: its outcome, fitted estimator objects, pydantic
+#: models and numpy temporaries of small arrays (measured: 1-2 MiB for a small run).
+RUN_OVERHEAD_BYTES = 4 * 2**20
+#: Metrics every generation records besides its family's own (chain._generation_metrics).
+GENERIC_METRICS = 2
+
+
+def default_max_memory() -> int:
+    """The memory limit of a study that sets none: half the machine's memory, at least 8 GiB
+    (workers scale with the cores, and a machine with many cores has the memory for them)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 0
+    return max(DEFAULT_MAX_MEMORY, physical // 2)
+
+
+def _size(count: float) -> str:
+    if count >= GB:
+        return f"{count / GB:.1f} GiB"
+    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
+
+
+def _round_up_gb(count: float) -> str:
+    return f"{int(-(-count // GB)) + 1}GiB"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A study's estimated peak memory and database growth, with the part that dominates
+    each (the field to lower and a description): what `check_budget` compares to the limits."""
+
+    runs: int
+    workers: int
+    flow_bytes: int
+    worker_bytes: int
+    memory_field: str
+    memory_part: str
+    database_bytes: int
+    database_field: str
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.flow_bytes + self.workers * self.worker_bytes
+
+
+def estimate_budget(config: StudyConfig, *, workers: int) -> Budget:
+    """Peak memory of the flow process and of each worker, and database growth, from the grid
+    alone: each family estimates its own working memory (ModelFamily.working_bytes) and point
+    size, each strategy the points it holds and its largest training set. Nothing is built."""
+    n, g, runs = config.samples_per_generation, config.generations, config.run_count
+    workers = max(1, workers)
+    worst = (0, "", "")
+    metric_rows = 0
+    for i, model in enumerate(config.models):
+        family = FAMILIES[model.family]
+        metrics = (len(family.metric_names) + GENERIC_METRICS) * (g + 1)
+        metric_rows = max(metric_rows, metrics)
+        base = family.working_bytes(model, train_points=n, n=n, test_size=config.test_size)
+        for strategy_params in config.strategies:
+            strategy = build_strategy(strategy_params)
+            train = strategy.max_train_points(n=n, generations=g)
+            working = family.working_bytes(
+                model, train_points=train, n=n, test_size=config.test_size
+            )
+            history = strategy.held_points(n=n, generations=g) * family.point_bytes(model)
+            parts = [
+                (base, f"models[{i}]", f"{model.label()} fits and metrics"),
+                (
+                    history + working - base,
+                    "generations",
+                    f"{strategy_params.label()} keeps {n} x {g + 1} points of {model.label()}",
+                ),
+                (
+                    metrics * BYTES_PER_METRIC_IN_MEMORY,
+                    "generations",
+                    f"{metrics} metric values of {g + 1} generations",
+                ),
+            ]
+            total = RUN_OVERHEAD_BYTES + sum(part[0] for part in parts)
+            if total > worst[0]:
+                _, field, part = max(parts)
+                worst = (total, field, part)
+    flow_runs = runs * FLOW_BYTES_PER_RUN
+    flow_results = 2 * workers * metric_rows * BYTES_PER_METRIC_IN_MEMORY
+    worker_bytes, field, part = worst
+    if flow_runs > workers * worker_bytes:
+        field, part = "replicates", f"{runs} run specs in the flow process"
+    database = runs * (DB_BYTES_PER_RUN + metric_rows * DB_BYTES_PER_METRIC)
+    return Budget(
+        runs=runs,
+        workers=workers,
+        flow_bytes=flow_runs + flow_results,
+        worker_bytes=worker_bytes,
+        memory_field=field,
+        memory_part=part,
+        database_bytes=database,
+        database_field="replicates" if runs * DB_BYTES_PER_RUN >= database / 2 else "generations",
+    )
+
+
+def check_budget(
+    config: StudyConfig, *, workers: int, max_memory: int | None = None, source: str = "study"
+) -> Budget:
+    """Refuse a study whose estimated peak memory or database growth is above its limit, with
+    one line naming the field to lower and the estimate; return the budget otherwise.
+    `max_memory` (the CLI's --max-memory) overrides the study's own `max_memory`."""
+    budget = estimate_budget(config, workers=workers)
+    limit = max_memory or config.max_memory or default_max_memory()
+    if budget.memory_bytes > limit:
+        raise StudyError(
+            f"{source}: {budget.memory_field}: estimated peak memory "
+            f"{_size(budget.memory_bytes)} (flow process {_size(budget.flow_bytes)} + "
+            f"{budget.workers} worker(s) x {_size(budget.worker_bytes)}; largest part: "
+            f"{budget.memory_part}) is above the limit {_size(limit)}; lower "
+            f"{budget.memory_field}, or raise the limit with `max_memory: "
+            f"{_round_up_gb(budget.memory_bytes)}` in the study file or `collapselab run "
+            f"--max-memory {_round_up_gb(budget.memory_bytes)}`"
+        )
+    limit = config.max_database or DEFAULT_MAX_DATABASE
+    if budget.database_bytes > limit:
+        raise StudyError(
+            f"{source}: {budget.database_field}: estimated database growth "
+            f"{_size(budget.database_bytes)} ({budget.runs} runs) is above the limit "
+            f"{_size(limit)}; lower {budget.database_field}, or raise the limit with "
+            f"`max_database: {_round_up_gb(budget.database_bytes)}` in the study file"
+        )
+    return budget
+
+
+def parse_byte_size(text: str) -> int:
+    """`8GB`, `512MiB`, `2000000000`: a memory limit as the CLI and study files write it."""
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text.strip()))
+    except ValidationError:
+        raise StudyError(
+            f"not a memory size: {_excerpt(text)!r}; write e.g. 8GB, 16GiB or 500MB"
+        ) from None
+
+
 # --- reading study files ----------------------------------------------------------------------
 
 
@@ -260,20 +435,51 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return path or "study"
 
 
+#: A study file is a page of YAML: these bound what reading one may cost.
+MAX_STUDY_BYTES = 1_000_000
+#: Values after expanding aliases (a "billion laughs" file is a few lines of anchors).
+MAX_YAML_NODES = 100_000
+MAX_YAML_CHARS = 10_000_000
+#: Characters of the input an error message may quote.
+EXCERPT_CHARS = 60
+#: An error line longer than this is cut (a message never carries the input itself).
+MAX_MESSAGE_CHARS = 600
+
+
+def _excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(message: str) -> str:
+    message = " ".join(message.split("\n"))
+    return (
+        message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
+    )
+
+
 def format_error(error: dict[str, Any]) -> str:
-    """One line: the field, what is wrong, and what is allowed."""
+    """One line: the field, what is wrong, and what is allowed; the input is quoted only as a
+    short excerpt."""
     loc = tuple(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
         where = _field_path(loc[:-1])
         scope = f"in {where}" if loc[:-1] else "at top level"
-        allowed = ", ".join(_allowed_keys(loc))
-        return f"{_field_path(loc)}: unknown key; allowed keys {scope}: {allowed}"
+        allowed = _allowed_keys(loc)
+        key = _excerpt(str(loc[-1]), 40)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return (
+            f"{_field_path(loc)}: unknown key {key!r}{hint}; allowed keys {scope}: "
+            f"{', '.join(allowed)}"
+        )
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
         return (
             f"{_field_path(loc)}.{ctx.get('discriminator', '').strip(chr(39))}: unknown "
-            f"{ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+            f"{_excerpt(repr(ctx.get('tag')), 40)}; allowed: {ctx.get('expected_tags')}"
         )
     if kind == "union_tag_not_found":
         key = error.get("ctx", {}).get("discriminator", "").strip("'")
@@ -281,12 +487,13 @@ def format_error(error: dict[str, Any]) -> str:
         return f"{_field_path(loc)}: missing `{key}`; allowed: {allowed}"
     message = error["msg"].removeprefix("Value error, ")
     shown = error.get("input")
-    got = "" if isinstance(shown, dict) or kind == "missing" else f" (got {shown!r})"
+    got = "" if isinstance(shown, dict) or kind == "missing" else f" (got {_excerpt(repr(shown))})"
     return f"{_field_path(loc)}: {message}{got}"
 
 
 def parse_study(data: Any, *, source: str = "study") -> StudyConfig:
-    """Validate a parsed study mapping; raise StudyError with one line per problem."""
+    """Validate a parsed study mapping; raise StudyError with one line: an unknown key first
+    (a typo explains the other problems, such as a required key missing), then the others."""
     if not isinstance(data, dict):
         raise StudyError(
             f"{source}: a study must be a mapping (name, seed, ...), got {type(data).__name__}"
@@ -294,22 +501,154 @@ def parse_study(data: Any, *, source: str = "study") -> StudyConfig:
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise StudyError(f"{source}: {format_error(errors[0])}{more}") from None
+        raise StudyError(_one_line(f"{source}: {format_error(errors[0])}{more}")) from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        # a value no validator anticipated (numpy on a pathological matrix, say): still one line
+        raise StudyError(
+            _one_line(
+                f"{source}: cannot validate the study ({type(exc).__name__}: "
+                f"{_excerpt(str(exc), 200)})"
+            )
+        ) from None
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key given twice in one mapping is an error (with its
+    line), not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults`: later keys may override merged ones
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:
+                    continue  # unhashable: the safe loader reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(
+            f"line {line}: duplicate key {_excerpt(str(key), 40)!r} (first given at line {first}); "
+            "give each key once"
+        )
+
+
+def _expanded_size(node: yaml.Node) -> tuple[int, int]:
+    """Values and scalar characters of `node` with every alias expanded, computed on the shared
+    node graph (each node once), so a "billion laughs" file is measured, never built."""
+    memo: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+
+    def size(current: yaml.Node) -> tuple[int, int]:
+        key = id(current)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise StudyError("an alias refers to a value that contains it (a recursive alias)")
+        active.add(key)
+        if isinstance(current, yaml.ScalarNode):
+            result = (1, len(current.value))
+        else:
+            children = (
+                [part for pair in current.value for part in pair]
+                if isinstance(current, yaml.MappingNode)
+                else current.value
+            )
+            nodes, chars = 1, 0
+            for child in children:
+                child_nodes, child_chars = size(child)
+                nodes, chars = nodes + child_nodes, chars + child_chars
+                if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                    break  # already too big: stop counting
+            result = (nodes, chars)
+        active.discard(key)
+        memo[key] = result
+        return result
+
+    return size(node)
+
+
+_TAG = re.compile(r"could not determine a constructor for the tag '([^']*)'")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, in one line, quoting at most a short excerpt of the input."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"unacceptable character #x{exc.character:04x} at byte {exc.position}: {exc.reason}"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = str(getattr(exc, "problem", None) or exc)
+    if tag := _TAG.search(problem):
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return (
+            f"{where}tag {_excerpt(name, 50)} is not allowed: a study holds only mappings, "
+            "lists, strings, numbers and booleans (unsafe tags are never constructed)"
+        )
+    return f"{where}not valid YAML ({_excerpt(problem, 100)})"
+
+
+def read_study_yaml(raw: bytes, *, source: str = "study") -> Any:
+    """Parse a study file's bytes with bounded cost: size, encoding, aliases and keys are
+    checked, and every failure is one StudyError line that quotes at most a short excerpt."""
+    if len(raw) > MAX_STUDY_BYTES:
+        raise StudyError(
+            f"{source}: {len(raw)} bytes; a study file is at most {MAX_STUDY_BYTES} bytes"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise StudyError(
+            f"{source}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save the study file as UTF-8"
+        ) from None
+    loader: _StudyLoader | None = None
+    try:
+        loader = _StudyLoader(text)  # its reader already rejects control characters
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        nodes, chars = _expanded_size(node)
+        if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+            raise StudyError(
+                f"more than {MAX_YAML_NODES} values or {MAX_YAML_CHARS} characters once aliases "
+                "are expanded (an alias bomb?); write the study out without nested aliases"
+            )
+        return loader.construct_document(node)
+    except StudyError as exc:
+        raise StudyError(_one_line(f"{source}: {exc}")) from None
+    except _DuplicateKey as exc:
+        raise StudyError(_one_line(f"{source}: {exc}")) from None
+    except yaml.YAMLError as exc:
+        raise StudyError(_one_line(f"{source}: {_yaml_problem(exc)}")) from None
+    except RecursionError:
+        raise StudyError(f"{source}: not valid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a scalar the resolver cannot convert
+        raise StudyError(
+            _one_line(f"{source}: not valid YAML (a value cannot be read: {_excerpt(str(exc))})")
+        ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, str]:
-    """Read and validate a study YAML file; returns the study and its text (echoed in reports)."""
+    """Read and validate a study YAML file; returns the study and its text (echoed in reports).
+    Reading is bounded (read_study_yaml); the budget is checked separately (check_budget)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_STUDY_BYTES + 1)
     except OSError as exc:
         raise StudyError(f"{path}: cannot read study file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise StudyError(f"{path}: not valid YAML{where}") from None
-    return parse_study(data, source=str(path)), text
+    data = read_study_yaml(raw, source=str(path))
+    return parse_study(data, source=str(path)), raw.decode("utf-8-sig")

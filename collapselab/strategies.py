@@ -86,17 +86,22 @@ class History:
         self.n = n
         self.real = real
         self.r0 = TrainingSet.real(real.take(n))
-        self.synthetic: list[TrainingSet] = []
+        # only the latest sample set is kept apart: the pool already holds every earlier one
+        self._latest: TrainingSet | None = None
+        self._generations = 0
         self._pool = _GrowingPool(self.r0)
 
     def add_samples(self, samples: np.ndarray) -> None:
-        part = TrainingSet.synthetic(samples, len(self.synthetic))
-        self.synthetic.append(part)
+        part = TrainingSet.synthetic(samples, self._generations)
+        self._generations += 1
+        self._latest = part
         self._pool.append(part)
 
     @property
     def latest(self) -> TrainingSet:
-        return self.synthetic[-1]
+        if self._latest is None:
+            raise ValueError("no synthetic samples yet: model 0 trains on R0")
+        return self._latest
 
     def accumulated(self) -> TrainingSet:
         """R0 and every synthetic sample so far, in order of generation."""
@@ -144,6 +149,17 @@ class Strategy(ABC):
         """Real training points a run of models 0..generations consumes (R0 by default)."""
         return n
 
+    def held_points(self, *, n: int, generations: int) -> int:
+        """Points a run's History holds at its peak: R0 and every generation's samples in one
+        pool whose buffer doubles as it grows (up to twice n (G + 1)), plus the latest sample set.
+        Every strategy pays it today (History keeps the pool whatever the strategy reads), so
+        a long chain's memory grows with n x (G + 1) (config.Budget)."""
+        return 2 * n * (generations + 1) + n
+
+    def max_train_points(self, *, n: int, generations: int) -> int:
+        """The largest training set the strategy builds: n unless it accumulates."""
+        return n
+
     @abstractmethod
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         """The training set of model t (t >= 1)."""
@@ -188,6 +204,9 @@ class Accumulate(Strategy):
     Params = AccumulateParams
     summary = "R0 + S_0 + ... + S_{t-1}: the pool grows by n a generation"
 
+    def max_train_points(self, *, n: int, generations: int) -> int:
+        return n * generations  # model G trains on R0 + S_0 + ... + S_{G-1}
+
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         return history.accumulated()
 
@@ -201,6 +220,10 @@ class AccumulateSubsample(Strategy):
     name = "accumulate-subsample"
     Params = AccumulateSubsampleParams
     summary = "n points without replacement from R0 + S_0 + ... + S_{t-1}"
+
+    def held_points(self, *, n: int, generations: int) -> int:
+        # rng.choice without replacement permutes the whole pool: an int64 index per point
+        return super().held_points(n=n, generations=generations) + n * (generations + 1)
 
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         pool = history.accumulated()

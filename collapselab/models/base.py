@@ -70,6 +70,24 @@ class ModelFamily(ABC):
         self.params = params
         self.context = context
 
+    # --- budgets: estimated from the parameters alone, before any data is built -------------
+
+    @classmethod
+    def point_bytes(cls, params: FamilyParams) -> int:
+        """Bytes one point takes in memory: training sets, samples and history hold points, so
+        a study's memory grows with this times the points a strategy keeps (config.Budget)."""
+        return 8
+
+    @classmethod
+    def working_bytes(
+        cls, params: FamilyParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """Peak bytes of one generation's fit, sample and metrics on `train_points` training
+        points (n samples drawn, `test_size` held out), plus the real data set the family loads:
+        what a worker holds beyond the strategy's history. An estimate, safe on the high side."""
+        point = cls.point_bytes(params)
+        return 4 * (train_points + n + test_size) * point
+
     @abstractmethod
     def real_data(self) -> RealData:
         """The real data this configuration is trained on at generation 0 and tested against."""

@@ -106,6 +106,15 @@ class Categorical(ModelFamily):
     def truth(self) -> np.ndarray:
         return english_vocabulary(self.params.vocab_size)[1]
 
+    @classmethod
+    def working_bytes(
+        cls, params: CategoricalParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """Token arrays (8 bytes a token), a few vocabulary-sized probability vectors, and the
+        vocabulary's words themselves (about 100 bytes a word with wordfreq's lookups)."""
+        tokens = 8 * 4 * (train_points + n + test_size)
+        return tokens + 8 * 8 * params.vocab_size + 100 * params.vocab_size
+
     def real_data(self) -> RealData:
         truth = self.truth
         key = f"categorical(wordfreq {LANGUAGE} top {self.params.vocab_size})"

@@ -206,6 +206,21 @@ class Digits(ModelFamily):
 
     params: DigitsParams
 
+    @classmethod
+    def point_bytes(cls, params: DigitsParams) -> int:
+        return 8 * PIXELS
+
+    @classmethod
+    def working_bytes(
+        cls, params: DigitsParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """Images and their principal coordinates, EM's responsibilities, and the metrics'
+        pairwise distances: metric_samples^2 (k-NN radii) and metric_samples x test images."""
+        images = 8 * PIXELS * (4 * train_points + 2 * n + 2 * test_size + 2 * 1797)
+        responsibilities = 3 * 8 * train_points * params.components
+        distances = 8 * params.metric_samples * (2 * params.metric_samples + 2 * test_size)
+        return images + responsibilities + distances
+
     def real_data(self) -> RealData:
         points = distinct_images()
         return PooledData(key=f"sklearn.load_digits(distinct={len(points)})", points=points)

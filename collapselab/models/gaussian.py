@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Any, Literal, Self
 
 import numpy as np
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from collapselab.data import RealData, SampledData
 from collapselab.metrics import (
@@ -25,11 +25,15 @@ from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, regis
 #: A fitted covariance whose smallest eigenvalue falls below this share of the true covariance's
 #: average eigenvalue can no longer be sampled or scored meaningfully: the fit is degenerate.
 COLLAPSE_EIGENVALUE_SHARE = 1e-12
+#: Largest dimension: each fit builds and decomposes a dim x dim covariance (O(dim^3)), and the
+#: truth's Cholesky factor and square root are dim x dim too; beyond this a chain of generations
+#: takes hours a fit on one machine (dim 20000: 3.2 GB a matrix).
+MAX_DIM = 1000
 
 
 class GaussianParams(FamilyParams):
     family: Literal["gaussian"] = "gaussian"
-    dim: PositiveInt = 1
+    dim: int = Field(1, ge=1, le=MAX_DIM)
     #: True mean (length `dim`); default zeros.
     mean: tuple[float, ...] | None = None
     #: True covariance (`dim` x `dim`, symmetric positive definite); default identity.
@@ -93,6 +97,20 @@ class Gaussian(ModelFamily):
     @cached_property
     def _true_cov_sqrt(self) -> np.ndarray:
         return psd_sqrt(self.true_cov)
+
+    @classmethod
+    def point_bytes(cls, params: GaussianParams) -> int:
+        return 8 * params.dim
+
+    @classmethod
+    def working_bytes(
+        cls, params: GaussianParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """The training set, its centred copy, the samples and test set; a few dim x dim
+        matrices (the fitted and true covariances, their factors, the truth's square root and
+        the eigen-decompositions' work)."""
+        dim = params.dim
+        return 8 * dim * (3 * train_points + 2 * n + 2 * test_size) + 8 * 8 * dim * dim
 
     def real_data(self) -> RealData:
         mean, chol = self.true_mean, self._true_chol

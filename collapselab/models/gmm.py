@@ -43,6 +43,12 @@ COLLAPSE_EIGENVALUE_SHARE = 1e-12
 #: A component holding less than half a training point's worth of responsibility has lost its
 #: points: sklearn keeps it alive with a few machine epsilons of weight.
 MIN_COMPONENT_POINTS = 0.5
+#: Bounds on the truth and the fit: every draw builds a dim x dim Cholesky factor per point
+#: (mixture_sampler) and EM keeps components x dim x dim covariances, so beyond these a study
+#: cannot be validated, let alone run, in the memory of one machine.
+MAX_DIM = 1000
+MAX_COMPONENTS = 1000
+MAX_COVARIANCE_ENTRIES = 4_000_000
 
 
 # --- Gaussian mixtures as plain arrays: weights (K,), means (K, d), covariances (K, d, d) --------
@@ -61,7 +67,7 @@ def tempered_weights(weights: np.ndarray, log_dets: np.ndarray, temperature: flo
 class GmmParams(FamilyParams):
     family: Literal["gmm"] = "gmm"
     #: Mixture components fitted by EM.
-    components: PositiveInt = 2
+    components: int = Field(2, ge=1, le=MAX_COMPONENTS)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
     #: EM stops when the mean log-likelihood gains less than this (Shumailov: 1e-5).
     tol: PositiveFiniteFloat = 1e-3
@@ -92,6 +98,14 @@ class GmmParams(FamilyParams):
         dim = len(self.truth_means[0])
         if dim == 0 or any(len(mean) != dim for mean in self.truth_means):
             raise ValueError("truth_means must all have the same, positive, number of coordinates")
+        if dim > MAX_DIM:
+            raise ValueError(f"truth_means have {dim} coordinates; at most {MAX_DIM}")
+        if max(count, self.components) * dim * dim > MAX_COVARIANCE_ENTRIES:
+            raise ValueError(
+                f"{max(count, self.components)} components of dimension {dim} need "
+                f"{max(count, self.components) * dim * dim} covariance entries; "
+                f"at most {MAX_COVARIANCE_ENTRIES}"
+            )
         if len(self.truth_covs) != count:
             raise ValueError(f"truth_covs must have {count} entries (one per mean)")
         for k, cov in enumerate(self.truth_covs):
@@ -181,6 +195,20 @@ class GaussianMixtureFamily(ModelFamily):
         spread = self.true_weights @ np.sum((self.true_means - mean) ** 2, axis=1)
         within = self.true_weights @ np.trace(self.true_covs, axis1=1, axis2=2)
         return float(within + spread) / self.dim
+
+    @classmethod
+    def point_bytes(cls, params: GmmParams) -> int:
+        return 8 * len(params.truth_means[0])
+
+    @classmethod
+    def working_bytes(cls, params: GmmParams, *, train_points: int, n: int, test_size: int) -> int:
+        """EM's copies of the data and its responsibilities (m x components), the covariances,
+        and the sampler's per-point Cholesky factors (points x dim x dim, truth and model)."""
+        dim, k = len(params.truth_means[0]), max(params.components, len(params.truth_means))
+        data = 8 * dim * (3 * train_points + 2 * n + 2 * test_size)
+        responsibilities = 6 * 8 * train_points * params.components
+        per_point_factors = 8 * max(n, test_size) * dim * dim
+        return data + responsibilities + per_point_factors + 4 * 8 * k * dim * dim
 
     def real_data(self) -> RealData:
         chols = np.linalg.cholesky(self.true_covs)

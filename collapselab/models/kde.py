@@ -30,6 +30,10 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 SCORE_RELATIVE_TOLERANCE = 1e-8
+#: Bounds on the truth: its draws build a dim x dim Cholesky factor per point (mixture_sampler)
+#: and it keeps clusters x dim x dim covariances; beyond these no machine validates it.
+MAX_DIM = 1000
+MAX_COVARIANCE_ENTRIES = 4_000_000
 
 
 class KdeParams(FamilyParams):
@@ -53,6 +57,14 @@ class KdeParams(FamilyParams):
         dim = len(self.centers[0])
         if dim == 0 or any(len(center) != dim for center in self.centers):
             raise ValueError("centers must all have the same, positive, number of coordinates")
+        if dim > MAX_DIM:
+            raise ValueError(f"centers have {dim} coordinates; at most {MAX_DIM}")
+        if len(self.centers) * dim * dim > MAX_COVARIANCE_ENTRIES:
+            raise ValueError(
+                f"{len(self.centers)} centres of dimension {dim} need "
+                f"{len(self.centers) * dim * dim} covariance entries; "
+                f"at most {MAX_COVARIANCE_ENTRIES}"
+            )
         return self
 
 
@@ -113,6 +125,19 @@ class KernelDensityFamily(ModelFamily):
         centred = self.true_means - self.true_means.mean(axis=0)
         between = float(np.mean(np.sum(centred**2, axis=1)))
         return self.dim * self.params.cluster_std**2 + between
+
+    @classmethod
+    def point_bytes(cls, params: KdeParams) -> int:
+        return 8 * len(params.centers[0])
+
+    @classmethod
+    def working_bytes(cls, params: KdeParams, *, train_points: int, n: int, test_size: int) -> int:
+        """The training points kept as kernel centres and sklearn's tree over them, samples,
+        test set, and the truth sampler's per-point Cholesky factors (points x dim x dim)."""
+        dim = len(params.centers[0])
+        data = 8 * dim * (4 * train_points + 2 * n + 2 * test_size)
+        per_point_factors = 8 * max(n, test_size) * dim * dim
+        return data + per_point_factors + 2 * 8 * len(params.centers) * dim * dim
 
     def real_data(self) -> RealData:
         """The same mixture, and the same draws, as a `gmm` with this truth: they share data."""

@@ -20,16 +20,20 @@ from functools import cached_property
 from typing import Literal, Self
 
 import numpy as np
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from collapselab.data import RealData, SampledData
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+#: Largest number of input columns: a fit solves an n x dim least-squares problem (n >= dim rows
+#: for a full-rank design) by SVD, so dim 10^4 already means 800 MB a copy and minutes a fit.
+MAX_DIM = 10_000
 
 
 class LinearRegressionParams(FamilyParams):
     family: Literal["linear-regression"] = "linear-regression"
     #: Number of input columns d (the design has n = samples_per_generation rows).
-    dim: PositiveInt = 10
+    dim: int = Field(10, ge=1, le=MAX_DIM)
     #: True weights w* (length `dim`); default ones / sqrt(dim), so that ||w*|| = 1.
     weights: tuple[float, ...] | None = None
     #: Variance sigma^2 of the label noise, real and synthetic alike.
@@ -62,6 +66,18 @@ class LinearRegression(ModelFamily):
         if p.weights is None:
             return np.full(p.dim, 1.0 / math.sqrt(p.dim))
         return np.asarray(p.weights, dtype=float)
+
+    @classmethod
+    def point_bytes(cls, params: LinearRegressionParams) -> int:
+        return 8 * (params.dim + 1)  # the inputs and the label
+
+    @classmethod
+    def working_bytes(
+        cls, params: LinearRegressionParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """The training rows and lstsq's SVD copies of them, the samples and the test set."""
+        row = cls.point_bytes(params)
+        return row * (4 * train_points + 2 * n + 2 * test_size) + 8 * params.dim * params.dim
 
     def real_data(self) -> RealData:
         weights, noise_sd = self.true_weights, math.sqrt(self.params.noise_var)

@@ -169,6 +169,22 @@ class NGram(ModelFamily):
         """Ids in the fixed corpus vocabulary (<s> and </s> included): the base of n-gram keys."""
         return abc_news_corpus().size
 
+    @classmethod
+    def point_bytes(cls, params: NGramParams) -> int:
+        """A sentence is a tuple of token ids in an object array: a pointer, the tuple, and
+        about 36 bytes a token at the longest sampled sentence."""
+        return 8 + 64 + 36 * params.max_tokens
+
+    @classmethod
+    def working_bytes(
+        cls, params: NGramParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
+        """The sentences, their n-gram keys and counts (a few 8-byte arrays a token), the
+        metric sentences, and the tokenised corpus (lee_background.cor: a few MB)."""
+        tokens = params.max_tokens * (train_points + n + test_size + params.metric_sentences)
+        sentences = cls.point_bytes(params) * (train_points + n + test_size)
+        return sentences + 6 * 8 * tokens + 64 * 2**20
+
     def real_data(self) -> RealData:
         corpus = abc_news_corpus()
         key = f"abc-news-sentences(lee_background.cor, {CORPUS_VERSION}, {len(corpus.sentences)})"
