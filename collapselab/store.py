@@ -18,9 +18,11 @@ when first opened, in one transaction: it either reaches the current version or 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,8 +40,10 @@ from collapselab.tables import (
     SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     TABLES,
+    V1_LAYOUT,
     RunStatus,
     ddl,
+    is_study_name,
 )
 
 PROVENANCE_READ_SCHEMA = {
@@ -85,8 +89,94 @@ class StoreBroken(StoreError):
     """Not a database this version can read: not DuckDB, damaged, newer, or not migratable."""
 
 
+class StoreForeign(StoreBroken):
+    """A DuckDB file some other program wrote: refused, and never written to."""
+
+
+class StoreUnwritable(StoreError):
+    """The file or its folder cannot be written (read-only, permissions, disk full)."""
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+#: DuckDB's error when another process holds the file: "... Conflicting lock is held in
+#: /usr/bin/python3.11 (PID 4242) ...".
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+
+
+def lock_holder(message: str) -> str | None:
+    """Who holds a DuckDB file, from its lock error: the holder's command line (from /proc where
+    readable, else DuckDB's program path) and PID; None when the message names nobody."""
+    found = _LOCK_HOLDER.search(message)
+    if found is None:
+        return None
+    program, pid = found.group(1), found.group(2)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = [part for part in raw.decode(errors="replace").split("\0") if part]
+        command = " ".join([Path(argv[0]).name, *argv[1:]]) if argv else program
+    except OSError:
+        command = Path(program).name
+    if len(command) > 60:
+        command = command[:57] + "..."
+    return f"{command} (PID {pid})"
+
+
+def study_folder(out_dir: str | Path, study: str, *, db: str | Path) -> Path:
+    """`<out_dir>/<study>`, for a study name read back from `db`: checked again against the
+    study file's rule first, since a file written elsewhere could hold `../x`."""
+    out = Path(out_dir)
+    folder = out / study if is_study_name(study) else None
+    if folder is None or folder.resolve().parent != out.resolve():
+        raise StoreBroken(
+            f"{db} holds a study named {study!r}, which is not a valid study name (letters, "
+            "digits, '_', '.', '-'): nothing written; rename it there or use another --db"
+        )
+    return folder
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, quietly: after a failed commit (disk full) DuckDB has already ended the
+    transaction, and "no transaction is active" must not hide the real error."""
+    with contextlib.suppress(duckdb.Error):
+        con.rollback()
+
+
+def _layout(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The file's own tables: name -> ((column, type), ...)."""
+    rows = con.sql(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND schema_name = 'main' "
+        "ORDER BY table_name, column_index"
+    ).fetchall()
+    layout: dict[str, list[tuple[str, str]]] = {}
+    for table, column, kind in rows:
+        layout.setdefault(table, []).append((column, kind))
+    return {table: tuple(columns) for table, columns in layout.items()}
+
+
+def _layout_mismatch(layout: dict, version: int) -> str | None:
+    """Why a file's tables are not collapselab's layout `version` (1 exactly as released; the
+    current one: every table with its columns), or None when they are."""
+    if version == 1:
+        if layout == V1_LAYOUT:
+            return None
+        extra = sorted(set(layout) - set(V1_LAYOUT))
+        missing = sorted(set(V1_LAYOUT) - set(layout))
+        if extra or missing:
+            return (
+                f"tables {', '.join(sorted(layout))} are not collapselab's "
+                f"({', '.join(sorted(V1_LAYOUT))})"
+            )
+        table = next(t for t in sorted(V1_LAYOUT) if layout[t] != V1_LAYOUT[t])
+        return f"table {table} has other columns than collapselab's version 1"
+    for table in TABLES:
+        columns = tuple(name for name, _ in layout.get(table.name, ()))
+        if columns != tuple(c.name for c in table.columns):
+            return f"table {table.name} is missing or has other columns than collapselab's"
+    return None
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -144,32 +234,77 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int) -> None:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, datetime.now(UTC)])
         con.commit()
     except BaseException:
-        con.rollback()
+        _rollback(con)
         raise
 
 
 class Store:
     """All reads and writes of one DuckDB file."""
 
-    def __init__(self, path: str | Path, *, wait_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        wait_s: float = 60.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_wait` hears once, in one line, that another process holds the file and who."""
         self.path = Path(path)
         self.wait_s = wait_s
+        self.on_wait = on_wait
+
+    def _fault(self, exc: BaseException) -> StoreError | None:
+        """The one-line StoreError for a fault of the file or the machine (disk full, read-only,
+        damaged), or None for an error of the statement itself (a bug, a constraint)."""
+        text = str(exc)
+        lowered = text.lower()
+        if "no space left on device" in lowered or "disk is full" in lowered:
+            return StoreUnwritable(
+                f"{self.path}: No space left on device; free some space and run the same "
+                "command again (what was stored before is unchanged)"
+            )
+        if "read-only file system" in lowered or "permission denied" in lowered:
+            reason = "read-only file system" if "read-only" in lowered else "permission denied"
+            return StoreUnwritable(
+                f"{self.path} cannot be written ({reason}): use --db with a writable place"
+            )
+        if isinstance(exc, OSError):
+            return StoreUnwritable(f"{self.path}: {exc.strerror or exc}")
+        damaged = ("corrupt", "checksum", "invalidated", "not a valid duckdb", "failed to read")
+        if isinstance(
+            exc, (duckdb.IOException, duckdb.InternalException, duckdb.FatalException)
+        ) or any(word in lowered for word in damaged):
+            return StoreBroken(
+                f"{self.path} is damaged or not a complete DuckDB database ({_first_line(exc)}); "
+                "restore it from a copy or move it aside"
+            )
+        return None
 
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.wait_s
+        told = False
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
+                    fault = self._fault(exc)
+                    if isinstance(fault, StoreUnwritable):
+                        raise fault from None
                     raise StoreBroken(
                         f"{self.path} cannot be opened as a DuckDB database: {_first_line(exc)}"
                     ) from None
+                holder = lock_holder(str(exc)) or "another process"
                 if time.monotonic() > deadline:
                     raise StoreBusy(
-                        f"{self.path} is locked by another process (a study writing?); "
-                        f"waited {self.wait_s:.0f} s"
+                        f"{self.path} is locked by another process, {holder}; waited "
+                        f"{self.wait_s:g} s: try again when it has finished, or stop it"
                     ) from None
+                if not told and self.on_wait is not None:
+                    self.on_wait(
+                        f"{self.path} is in use by {holder}; waiting up to {self.wait_s:g} s"
+                    )
+                told = True
                 time.sleep(0.2)
             except duckdb.Error as exc:
                 raise StoreBroken(
@@ -181,8 +316,16 @@ class Store:
         connection found a file that needs migrating first."""
         try:
             version = schema_version(con)
+            mismatch = (
+                _layout_mismatch(_layout(con), version) if version in (1, SCHEMA_VERSION) else None
+            )
         except duckdb.Error as exc:
             raise StoreBroken(f"{self.path} is not readable: {_first_line(exc)}") from None
+        if mismatch is not None:
+            raise StoreForeign(
+                f"{self.path} is not a CollapseLab database ({mismatch}): it cannot be "
+                "migrated and was left unchanged; use --db with another file"
+            )
         if version > SCHEMA_VERSION:
             raise StoreBroken(
                 f"{self.path} was written by a newer collapselab (schema version {version}; "
@@ -205,8 +348,13 @@ class Store:
     def _connect(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.path.exists():
             raise StoreMissing(f"no database at {self.path}: run a study first (collapselab run)")
+        if self.path.is_dir():
+            raise StoreBroken(f"{self.path} is a folder, not a database file: use --db FILE")
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._fault(exc) from None
         con = self._open(read_only=read_only)
         try:
             ready = self._prepare(con, read_only=read_only)
@@ -220,8 +368,16 @@ class Store:
             con = self._open(read_only=True)
         try:
             yield con
+        except duckdb.Error as exc:
+            fault = self._fault(exc)
+            if fault is None:
+                raise
+            raise fault from None
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as exc:  # a checkpoint on close that cannot be written
+                raise (self._fault(exc) or exc) from None
 
     def migrate(self) -> int:
         """Open the file for writing (which migrates it); return its schema version."""
@@ -234,8 +390,12 @@ class Store:
         second `collapselab run` waits its turn (after saying so) instead of racing the first.
         An advisory lock on `<db>.lock`: the kernel releases it if the holder dies."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as handle:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "a+")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            raise self._fault(exc) from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -285,7 +445,7 @@ class Store:
                     )
                 con.commit()
             except BaseException:
-                con.rollback()
+                _rollback(con)
                 raise
 
     def ingest(
@@ -328,7 +488,7 @@ class Store:
                 )
                 con.commit()
             except BaseException:
-                con.rollback()
+                _rollback(con)
                 raise
 
     def prune(self, study: str) -> int:
@@ -350,7 +510,7 @@ class Store:
                 con.execute("DROP TABLE pruned")
                 con.commit()
             except BaseException:
-                con.rollback()
+                _rollback(con)
                 raise
         return int(count)
 
@@ -433,7 +593,10 @@ class Store:
                     if table == "runs"
                     else f"SELECT * FROM {table}"
                 )
-                con.execute(f"COPY ({query}) TO '{escaped}' (FORMAT {file_format})")
+                try:
+                    con.execute(f"COPY ({query}) TO '{escaped}' (FORMAT {file_format})")
+                except (duckdb.IOException, duckdb.PermissionException) as exc:
+                    raise StoreUnwritable(f"cannot write {target}: {_first_line(exc)}") from None
                 written.append(target)
         return written
 

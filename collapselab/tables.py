@@ -7,6 +7,7 @@ tables with derive from the definitions here, so a column is named, typed and co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -184,6 +185,67 @@ PROVENANCE_COLUMNS = PROVENANCE.schema
 def ddl() -> str:
     """The whole current layout, idempotent."""
     return "\n".join(table.ddl() for table in TABLES)
+
+
+#: Version 1 as released, table -> ((column, DuckDB type), ...): a file without a schema_version
+#: table is migrated only when its tables are exactly these (anything else is not ours).
+V1_LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
+    "metrics": (
+        ("run_id", "VARCHAR"),
+        ("generation", "BIGINT"),
+        ("metric", "VARCHAR"),
+        ("value", "DOUBLE"),
+    ),
+    "provenance": (
+        ("run_id", "VARCHAR"),
+        ("generation", "BIGINT"),
+        ("origin", "BIGINT"),
+        ("points", "BIGINT"),
+    ),
+    "runs": (
+        ("run_id", "VARCHAR"),
+        ("study", "VARCHAR"),
+        ("family", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("strategy", "VARCHAR"),
+        ("strategy_label", "VARCHAR"),
+        ("real_fraction", "DOUBLE"),
+        ("temperature", "DOUBLE"),
+        ("replicate", "BIGINT"),
+        ("generations", "BIGINT"),
+        ("samples_per_generation", "BIGINT"),
+        ("params", "JSON"),
+        ("status", "VARCHAR"),
+        ("error", "VARCHAR"),
+        ("collapse_generation", "BIGINT"),
+        ("started_at", "TIMESTAMP WITH TIME ZONE"),
+        ("duration_s", "DOUBLE"),
+        ("code_version", "VARCHAR"),
+    ),
+    "samples": (
+        ("run_id", "VARCHAR"),
+        ("generation", "BIGINT"),
+        ("kind", "VARCHAR"),
+        ("items", "JSON"),
+    ),
+    "studies": (
+        ("name", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("config", "JSON"),
+        ("study_text", "VARCHAR"),
+        ("n_runs", "BIGINT"),
+        ("updated_at", "TIMESTAMP WITH TIME ZONE"),
+    ),
+}
+
+#: A study's name, the rule of collapselab.config.StudyConfig.name: it becomes a folder name, so
+#: a name read back from a database is checked again before any path is built from it.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def is_study_name(name: object) -> bool:
+    """True for a name that is safe as one path component (no separators, no leading dot)."""
+    return isinstance(name, str) and STUDY_NAME.fullmatch(name) is not None
 
 
 # --- counts -------------------------------------------------------------------------------------

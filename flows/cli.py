@@ -8,6 +8,7 @@ process talk to the same server.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 
 import flows  # noqa: F401  (sets the state directory and BLAS threads before numpy loads)
-from collapselab.config import StudyError, load_study
+from collapselab.config import StudyError, check_budget, load_study, parse_byte_size
 from collapselab.tables import RunStatus, describe_counts, describe_superseded
 from flows.environment import prefect_api, running_server, start_server, stop_server
 
@@ -67,42 +68,72 @@ def run(
     reports_dir: Annotated[
         Path, typer.Option(help="Reports land in DIR/<study>/index.html.")
     ] = Path("reports"),
+    max_memory: Annotated[
+        str | None,
+        typer.Option(help="Refuse above this estimated peak memory (8GB; overrides max_memory)."),
+    ] = None,
 ) -> None:
     """Run every pending run of STUDY (stored runs are skipped), then render its report."""
     try:
         config, _ = load_study(study)
+        memory_limit = None if max_memory is None else parse_byte_size(max_memory)
+        check_budget(
+            config,
+            workers=workers or os.cpu_count() or 1,
+            max_memory=memory_limit,
+            source=str(study),
+        )
     except StudyError as exc:
         _fail(str(exc))
     if dask_address and runner is not RunnerName.dask:
         _fail("--dask-address needs --runner dask")
-    if db.exists():  # a broken, newer or unmigratable file: say so before starting anything
-        from collapselab.store import Store, StoreError
+    from flows.environment import unreachable_api
 
+    if (unreachable := unreachable_api()) is not None:  # before anything is written
+        _fail(unreachable)
+    from collapselab.store import Store, StoreError
+
+    if db.exists():  # a broken, newer or unmigratable file: say so before starting anything
         try:
             Store(db, wait_s=READ_WAIT_S).studies()
         except StoreError as exc:
             _fail(str(exc))
     console.print(
-        f"study [bold]{config.name}[/]: {len(config.run_specs())} runs ({runner.value} runner)",
+        f"study [bold]{config.name}[/]: {config.run_count} runs ({runner.value} runner)",
         highlight=False,
     )
-    with prefect_api():
-        from flows.study import study_flow
+    try:
+        with prefect_api():
+            from flows.study import study_flow
 
-        summary = study_flow(
-            study=str(study),
-            db=str(db),
-            runner=runner.value,
-            workers=workers,
-            dask_address=dask_address,
-            time_budget_s=time_budget,
-            batch_size=batch_size,
-            report=report,
-            reports_dir=str(reports_dir),
-            show_progress=True,
-        )
+            summary = study_flow(
+                study=str(study),
+                db=str(db),
+                runner=runner.value,
+                workers=workers,
+                dask_address=dask_address,
+                time_budget_s=time_budget,
+                batch_size=batch_size,
+                report=report,
+                reports_dir=str(reports_dir),
+                show_progress=True,
+                max_memory=memory_limit,
+            )
+    except KeyboardInterrupt:  # while the server or flow started, or the report rendered
+        console.print("interrupted; run the same command to resume", highlight=False)
+        raise typer.Exit(130) from None
+    except StoreError as exc:  # the disk filled, the file went read-only... mid-study
+        _fail(f"{exc} (runs ingested before this are stored: run the same command to resume)")
 
+    if "store_error" in summary:  # disk full, a read-only file...: what was ingested is stored
+        _fail(f"{summary['store_error']} (runs ingested before this are stored)")
     ran = sum(summary[s.value] for s in RunStatus)
+    if "interrupted" in summary:  # the pool and any temporary server are stopped by now
+        from flows.study import interrupted_message
+
+        stored = summary["skipped"] + ran
+        console.print(interrupted_message(stored, summary["pending"]), highlight=False)
+        raise typer.Exit(128 + summary["interrupted"])
     console.print(
         f"{config.name}: {describe_counts(summary['grid'])} "
         f"({summary['skipped']} already stored, {ran} run now, {summary['seconds']} s)",
@@ -126,19 +157,26 @@ def report(
         "reports"
     ),
 ) -> None:
-    """Re-render reports from the database alone, without re-running anything."""
-    from collapselab.store import Store, StoreError
+    """Re-render reports from the database alone, without re-running anything (and without a
+    Prefect server: the library renders them here)."""
+    from collapselab.store import StoreError, study_folder
+    from tasks.report import write_study_report
 
+    if study is not None:
+        try:
+            study_folder(out, study, db=db)
+        except StoreError:
+            _fail(f"--study: {study!r} is not a valid study name (letters, digits, '_', '.', '-')")
+    store, names = _studies(db, study, option="--study")
+    paths = []
     try:
-        names = Store(db, wait_s=READ_WAIT_S).studies()["name"].to_list()
+        folders = [study_folder(out, name, db=db) for name in names]  # all checked first
+        for name, folder in zip(names, folders, strict=True):
+            paths.append(write_study_report(str(db), name, str(folder), store=store))
     except StoreError as exc:
         _fail(str(exc))
-    if study is not None and study not in names:
-        _fail(f"--study: no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
-    with prefect_api():
-        from flows.report import report_flow
-
-        paths = report_flow(db=str(db), study=study, out=str(out))
+    except OSError as exc:
+        _fail(f"cannot write the report under {out}: {exc.strerror or exc}; use --out elsewhere")
     for path in paths:
         console.print(f"report: {Path(path).resolve()}", highlight=False)
 
@@ -156,17 +194,25 @@ def retry(
     run(study=study, db=db, runner=runner, workers=workers)
 
 
-def _studies(db: Path, study: str | None):
-    """The store and the names a reading command covers: STUDY, or every stored study."""
+def _studies(db: Path, study: str | None, *, option: str | None = None):
+    """The store and the names a reading command covers: STUDY, or every stored study. The store
+    says once, on stderr, when it waits for another process holding the file."""
     from collapselab.store import Store, StoreError
 
-    store = Store(db, wait_s=READ_WAIT_S)
+    store = Store(
+        db,
+        wait_s=READ_WAIT_S,
+        on_wait=lambda message: console.print(
+            message, highlight=False, markup=False, soft_wrap=True
+        ),
+    )
     try:
         names = store.studies()["name"].to_list()
     except StoreError as exc:
         _fail(str(exc))
     if study is not None and study not in names:
-        _fail(f"no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
+        prefix = f"{option}: " if option else ""
+        _fail(f"{prefix}no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
     return store, names if study is None else [study]
 
 
@@ -390,19 +436,48 @@ def export(
         ExportFormat, typer.Option("--format", help="File format.")
     ] = ExportFormat.parquet,
     out: Annotated[Path, typer.Option(help="Folder for one file per table.")] = Path("export"),
+    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Write every table (studies, study_runs, runs with a `superseded` column, metrics,
-    samples, provenance) and each run's onset and warning (onsets) for analysis elsewhere."""
+    samples, provenance) and each run's onset and warning (onsets) for analysis elsewhere.
+    Files are written to a temporary folder beside OUT and renamed into place, so OUT is
+    either the whole export or untouched."""
+    import shutil
+    import tempfile
+
     from collapselab.store import StoreError
     from collapselab.verdict import export_onsets
 
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            _fail(f"--out {out} exists and is not a folder: choose another --out")
+        if not force:
+            _fail(f"--out {out} already exists: pass --force to replace it, or choose another")
     store, names = _studies(db, None)
+    target = out.absolute()
     try:
-        paths = store.export(out, file_format=file_format.value)
-        paths.append(export_onsets(store, names, out, file_format=file_format.value))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    except OSError as exc:
+        _fail(f"cannot write under {target.parent}: {exc.strerror or exc}; choose another --out")
+    try:
+        store.export(staging, file_format=file_format.value)
+        export_onsets(store, names, staging, file_format=file_format.value)
+        staging.chmod(0o755)  # mkdtemp makes it private; an export is for sharing
+        if target.exists():  # --force: the old export goes only once the new one is complete
+            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            target.rename(retired / target.name)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
     except StoreError as exc:
         _fail(str(exc))
-    for path in paths:
+    except OSError as exc:
+        _fail(f"cannot write the export to {out}: {exc.strerror or exc}; choose another --out")
+    finally:  # gone once renamed; otherwise a partial export nobody should see
+        shutil.rmtree(staging, ignore_errors=True)
+    for path in sorted(out.iterdir()):
         console.print(f"wrote {path}", highlight=False)
 
 
@@ -500,5 +575,6 @@ def validate(
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before or after a study's runs: nothing half-stored
+        console.print("interrupted; run the same command to resume", highlight=False)
         sys.exit(130)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -72,6 +73,30 @@ def _die_with_parent() -> None:
         pass  # not Linux: the temporary server may outlive a killed parent
 
 
+def pool_worker_init(parent_pid: int) -> None:
+    """In each pool worker: leave Ctrl-C to the flow process (which drains the pool), and exit
+    when the parent dies, even by SIGKILL, so no worker (nor multiprocessing's resource tracker,
+    which lives while a worker holds its pipe) outlives a killed study."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="collapselab-watchdog", daemon=True
+    ).start()
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook (`preload=["flows.environment"]`): what `pool_worker_init` does, for a
+    local cluster's worker processes, whose parent is the flow process (the nannies live there)."""
+    pool_worker_init(os.getppid())
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A thread, not PR_SET_PDEATHSIG: that fires when the parent *thread* that spawned the
+    worker exits, and pools spawn workers from short-lived threads."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _spawn_server(port: int, *, tie_to_parent: bool) -> subprocess.Popen:
     log_dir = state_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +120,7 @@ def _wait_until_healthy(process: subprocess.Popen, url: str, timeout_s: float) -
                 f"see {state_dir() / 'logs' / 'prefect-server.log'}"
             )
         if time.monotonic() > deadline:
-            _stop_group(process.pid)
+            _stop_group(process.pid, process=process)
             raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
         time.sleep(0.25)
 
@@ -112,18 +137,23 @@ def prefect_server(*, port: int | None = None, timeout_s: float = 90.0) -> Itera
         yield url
     finally:
         if process.poll() is None:
-            _stop_group(process.pid)
+            _stop_group(process.pid, process=process)
             process.wait()
 
 
-def _stop_group(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group led by `pid`, then SIGKILL it if it lingers."""
+def _stop_group(
+    pid: int, timeout_s: float = 15.0, *, process: subprocess.Popen | None = None
+) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL it if it lingers. Pass our own child
+    as `process`: its exit is reaped while waiting, else its zombie keeps the group "alive"."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None:
+            process.poll()
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -155,6 +185,13 @@ def running_server() -> dict | None:
 def start_server(*, port: int = DEFAULT_SERVER_PORT, timeout_s: float = 90.0) -> dict:
     """Start a server that outlives this command; its PID and URL go to the state directory."""
     if (record := running_server()) is not None:
+        running_port = record["url"].removesuffix("/api").rsplit(":", 1)[-1]
+        if running_port != str(port):
+            raise RuntimeError(
+                f"a collapselab Prefect server already runs on port {running_port} (PID "
+                f"{record['pid']}, UI {record['ui']}), not {port}: use it, or stop it first "
+                "(collapselab server stop)"
+            )
         return record
     url = f"http://127.0.0.1:{port}/api"
     if _healthy(url):
@@ -175,12 +212,30 @@ def stop_server() -> dict | None:
     return record
 
 
+class PrefectUnreachable(RuntimeError):
+    """PREFECT_API_URL names an address where no Prefect API answers."""
+
+
+def unreachable_api() -> str | None:
+    """The one line for a PREFECT_API_URL that does not answer, None when it is unset or up: a
+    command checks before it starts, rather than failing deep inside a flow call."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url or _healthy(url.rstrip("/")):
+        return None
+    return (
+        f"PREFECT_API_URL={url} does not answer (no Prefect server there): start one "
+        "(collapselab server start) and export the URL it prints, or unset PREFECT_API_URL"
+    )
+
+
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """The Prefect API this command talks to: PREFECT_API_URL if set, else the long-lived server
     if one is running, else a temporary server for the duration of the command."""
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
+        if (problem := unreachable_api()) is not None:
+            raise PrefectUnreachable(problem)
         yield existing
         return
     record = running_server()

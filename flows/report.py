@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
-from collapselab.store import Store
+from collapselab.store import Store, study_folder
 from tasks.report import render_study_report
 
 
@@ -22,4 +20,8 @@ def report_flow(
 ) -> list[str]:
     """Render `<out>/<study>/index.html` for one study, or for every study in the database."""
     names = [study] if study else Store(db).studies()["name"].to_list()
-    return [render_study_report(db, name, str(Path(out) / name)) for name in names]
+    folders = [study_folder(out, name, db=db) for name in names]  # all checked before any write
+    return [
+        render_study_report(db, name, str(folder))
+        for name, folder in zip(names, folders, strict=True)
+    ]

@@ -2,29 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
+import signal
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from collapselab.chain import plan_batches
-from collapselab.config import RunSpec, load_study
-from collapselab.store import Store
+from collapselab.config import RunSpec, StudyConfig, check_budget, load_study
+from collapselab.store import Store, StoreError
 from collapselab.tables import RunStatus, describe_counts, describe_superseded
+from flows.environment import pool_worker_init
 from flows.report import report_flow
 from tasks.chains import ingest, run_chains
 
 Runner = Literal["threads", "processes", "dask"]
 DEFAULT_DB = "collapselab.duckdb"
+#: Seconds in-flight tasks get to finish after the first Ctrl-C/SIGTERM before they are dropped.
+GRACE_S = 10.0
+#: How often the flow wakes to look for an interrupt or a cancellation from Prefect.
+POLL_S = 0.5
+
+
+def interrupted_message(stored: int, pending: int) -> str:
+    return f"interrupted: {stored} runs stored, {pending} pending; run the same command to resume"
+
+
+class Interrupts:
+    """First Ctrl-C/SIGTERM: ask the flow to stop (it drains, ingests and returns); second: exit
+    at once. Installed inside the flow body because Prefect's engine replaces the SIGTERM
+    handler when the flow starts; only the main thread may install handlers."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.on_exit: Callable[[], None] = lambda: None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a deployment's worker): no handlers
+                break
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def request(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        # the second one: stop the workers and leave now; an ingest cut short is one
+        # uncommitted transaction, which DuckDB discards
+        stored, pending = self.counts()
+        self.on_exit()
+        os.write(2, (interrupted_message(stored, pending) + "\n").encode())
+        os._exit(128 + self.signum)
 
 
 def make_task_runner(runner: Runner, workers: int, dask_address: str | None = None) -> TaskRunner:
@@ -32,7 +84,9 @@ def make_task_runner(runner: Runner, workers: int, dask_address: str | None = No
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
     if runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers)
+        return ProcessPoolTaskRunner(
+            max_workers=workers, initializer=pool_worker_init, initargs=(os.getpid(),)
+        )
     from prefect_dask import DaskTaskRunner  # imported only when asked for: it pulls in distributed
 
     if dask_address:
@@ -43,6 +97,7 @@ def make_task_runner(runner: Runner, workers: int, dask_address: str | None = No
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            "preload": ["flows.environment"],  # workers ignore Ctrl-C, die with this process
         }
     )
 
@@ -64,18 +119,62 @@ def study_flow(
     report: bool = True,
     reports_dir: str = "reports",
     show_progress: bool = False,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
     """Run every pending run of a study file, then refresh its report.
 
     A run whose result is stored is skipped, so calling this again resumes an interrupted study;
     with `time_budget_s` it submits work only until the budget is spent (nightly schedules).
+    The study's memory and database budget is checked first (`max_memory` in bytes overrides the
+    study's own), so a deployment refuses an oversized study as the CLI does.
     """
     started = time.monotonic()
     logger = get_run_logger()
     config, study_text = load_study(study)
+    workers = workers or os.cpu_count() or 1
+    check_budget(config, workers=workers, max_memory=max_memory, source=study)
     store = Store(db)
     specs = config.run_specs()
-    workers = workers or os.cpu_count() or 1
+    try:
+        return _run_study(
+            config,
+            study_text,
+            store=store,
+            specs=specs,
+            runner=runner,
+            workers=workers,
+            dask_address=dask_address,
+            deadline=None if time_budget_s is None else started + time_budget_s,
+            batch_size=batch_size,
+            report=report,
+            reports_dir=reports_dir,
+            show_progress=show_progress,
+            started=started,
+        )
+    except StoreError as exc:  # disk full, a read-only file...: one line for the CLI to show
+        logger.error("study %s: %s", config.name, exc)
+        return {"study": config.name, "store_error": str(exc)}
+
+
+def _run_study(
+    config: StudyConfig,
+    study_text: str,
+    *,
+    store: Store,
+    specs: list[RunSpec],
+    runner: Runner,
+    workers: int,
+    dask_address: str | None,
+    deadline: float | None,
+    batch_size: int | None,
+    report: bool,
+    reports_dir: str,
+    show_progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The study flow's body once the study is loaded and within budget."""
+    logger = get_run_logger()
+    db = str(store.path)
     with store.writer_lock(on_wait=logger.warning):
         store.save_study(
             name=config.name,
@@ -97,15 +196,18 @@ def study_flow(
             runner,
             workers,
         )
-        deadline = None if time_budget_s is None else started + time_budget_s
-        statuses = _run_and_ingest(
-            batches,
-            db=db,
-            task_runner=make_task_runner(runner, workers, dask_address),
-            window=2 * workers,
-            deadline=deadline,
-            show_progress=show_progress,
-        )
+        with Interrupts() as interrupts:
+            statuses = _run_and_ingest(
+                batches,
+                db=db,
+                task_runner=make_task_runner(runner, workers, dask_address),
+                window=2 * workers,
+                deadline=deadline,
+                show_progress=show_progress,
+                interrupts=interrupts,
+                stored_before=len(done),
+            )
+
     ran = sum(statuses[s.value] for s in RunStatus)
     summary: dict[str, Any] = {
         "study": config.name,
@@ -118,6 +220,12 @@ def study_flow(
         # the whole current grid after this run, as `status` counts it
         "grid": store.counts(config.name),
     }
+    if "store_error" in statuses:  # the CLI shows it; what was ingested before stays stored
+        logger.error("study %s: %s", config.name, statuses["store_error"])
+        return summary
+    if interrupts.signum is not None:  # the CLI says what was stored; the report waits for the end
+        summary["interrupted"] = interrupts.signum
+        return summary
     if report:
         summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
     _publish_artifacts(store, config.name, summary)
@@ -169,12 +277,30 @@ def _run_and_ingest(
     window: int,
     deadline: float | None,
     show_progress: bool,
+    interrupts: Interrupts | None = None,
+    stored_before: int = 0,
 ) -> Counter:
-    """Keep `window` tasks in flight; ingest each task's rows as soon as it completes."""
+    """Keep `window` tasks in flight; ingest each task's rows as soon as it completes.
+
+    On an interrupt it stops submitting, gives the tasks in flight `GRACE_S` to finish (each
+    finished one is ingested), then stops the pool without waiting for the rest.
+    """
     logger = get_run_logger()
+    interrupts = interrupts or Interrupts()
     statuses: Counter = Counter({**{s.value: 0 for s in RunStatus}, "crashed_batches": 0})
-    queue = deque(batches)
+    total = sum(len(b) for b in batches)
+
+    def counts() -> tuple[int, int]:
+        ran = sum(statuses[s.value] for s in RunStatus)
+        return stored_before + ran, total - ran
+
+    interrupts.counts = counts
+    interrupts.on_exit = lambda: _stop_workers(task_runner)
+    queue_ = deque(batches)
     in_flight: list[tuple[PrefectFuture, list[RunSpec]]] = []
+    finished_queue: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
+    cancelled = _cancellation_watch()
+    grace_until: float | None = None
     progress = Progress(
         TextColumn("runs"),
         BarColumn(),
@@ -182,23 +308,41 @@ def _run_and_ingest(
         TimeElapsedColumn(),
         disable=not show_progress,
     )
-    with task_runner, progress:
-        bar = progress.add_task("runs", total=sum(len(b) for b in batches))
-        while queue or in_flight:
+    with contextlib.ExitStack() as stack:
+        with _children_ignore_ctrl_c():
+            stack.enter_context(task_runner)
+        stack.enter_context(progress)
+        bar = progress.add_task("runs", total=total)
+        while queue_ or in_flight:
+            if interrupts.signum is None and cancelled():
+                logger.warning("the flow run was cancelled from Prefect: stopping")
+                interrupts.request(signal.SIGTERM)
+            if interrupts.signum is not None:
+                if grace_until is None:
+                    grace_until = time.monotonic() + GRACE_S
+                    queue_.clear()
+                    progress.stop()
+                if not in_flight or time.monotonic() > grace_until:
+                    _stop_workers(task_runner)
+                    break
             while (
-                queue
+                queue_
                 and len(in_flight) < window
                 and (deadline is None or time.monotonic() < deadline)
             ):
-                batch = queue.popleft()
+                batch = queue_.popleft()
                 future = task_runner.submit(
                     run_chains, {"specs": batch, "label": _batch_label(batch)}
                 )
+                _on_done(future, finished_queue.put)
                 in_flight.append((future, batch))
             if not in_flight:
-                logger.warning("time budget spent: %d task(s) left for the next run", len(queue))
+                logger.warning("time budget spent: %d task(s) left for the next run", len(queue_))
                 break
-            finished = next(as_completed([future for future, _ in in_flight]))
+            try:
+                finished = finished_queue.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
             batch = next(b for f, b in in_flight if f is finished)
             in_flight = [(f, b) for f, b in in_flight if f is not finished]
             try:
@@ -207,7 +351,66 @@ def _run_and_ingest(
                 statuses["crashed_batches"] += 1
                 logger.error("task %s crashed: %r", _batch_label(batch), exc)
                 continue
-            ingest(db, runs, metrics, samples, _batch_label(batch), provenance=provenance)
+            fault = ingest(db, runs, metrics, samples, _batch_label(batch), provenance=provenance)
+            if fault is not None:  # the store cannot take more (disk full...): stop, say why
+                statuses["store_error"] = fault
+                _stop_workers(task_runner)
+                break
             statuses.update(runs["status"].to_list())
             progress.advance(bar, len(batch))
     return statuses
+
+
+def _on_done(future: PrefectFuture, callback: Callable[[PrefectFuture], None]) -> None:
+    """Call back once the task run's final state is known (Prefect's own hook where it has one,
+    as its `as_completed` does), so the flow can wait with a timeout and still see signals."""
+    hook = getattr(future, "_add_prefect_done_callback", None)
+    (hook or future.add_done_callback)(callback)
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Start a runner's worker processes (a Dask cluster's) with SIGINT ignored, which they
+    keep across exec: a terminal's Ctrl-C reaches the whole group, and only the flow process
+    should decide what stops. A Ctrl-C while the runner starts is ignored."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(task_runner: TaskRunner) -> None:
+    """Kill a process pool's workers now: a batch cut short stores nothing and stays pending."""
+    executor = getattr(task_runner, "_executor", None)
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+
+
+def _cancellation_watch() -> Callable[[], bool]:
+    """Whether this flow run was cancelled from Prefect's UI or CLI, asked at most every 2 s."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context and context.flow_run else None
+    next_check = time.monotonic() + 2.0
+
+    def cancelled() -> bool:
+        nonlocal next_check
+        if flow_run_id is None or time.monotonic() < next_check:
+            return False
+        next_check = time.monotonic() + 2.0
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(flow_run_id).state
+        except Exception:  # the server is busy or gone: keep going, ask again later
+            return False
+        return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+    return cancelled

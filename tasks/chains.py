@@ -13,7 +13,7 @@ from collapselab.chain import (
     run_many,
 )
 from collapselab.config import RunSpec
-from collapselab.store import Store
+from collapselab.store import Store, StoreError
 
 
 @task(
@@ -44,7 +44,12 @@ def ingest(
     samples: pl.DataFrame,
     label: str,
     provenance: pl.DataFrame | None = None,
-) -> int:
-    """Upsert a batch's rows in one transaction; runs in the flow process, the only writer."""
-    Store(db).ingest(runs, metrics, samples, provenance)
-    return runs.height
+) -> str | None:
+    """Upsert a batch's rows in one transaction; runs in the flow process, the only writer.
+    A store fault (disk full, a read-only file) is returned as its one-line message rather than
+    raised: the flow stops on it and the CLI shows that line, not a logged traceback."""
+    try:
+        Store(db).ingest(runs, metrics, samples, provenance)
+    except StoreError as exc:
+        return str(exc)
+    return None

@@ -17,12 +17,12 @@ from collapselab.report import render_report
 from collapselab.store import Store
 
 
-@task(name="render-report", task_run_name="report {study}", cache_policy=NO_CACHE)
-def render_study_report(db: str, study: str, out_dir: str) -> str:
+def write_study_report(db: str, study: str, out_dir: str, *, store: Store | None = None) -> str:
     """Write `<out_dir>/index.html` atomically (no reader sees half a page); return its path.
     The page shows the study's current grid only (the store leaves superseded runs out) and says
-    how many superseded runs are kept."""
-    store = Store(db)
+    how many superseded runs are kept. Plain Python: `collapselab report` calls it with no
+    Prefect server; the task below wraps it for flows."""
+    store = store or Store(db)
     recorded = store.studies().filter(pl.col("name") == study)
     counts = store.counts(study)
     html = render_report(
@@ -42,8 +42,18 @@ def render_study_report(db: str, study: str, out_dir: str) -> str:
     target = Path(out_dir) / "index.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".index-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(html)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(html)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return str(target)
+
+
+@task(name="render-report", task_run_name="report {study}", cache_policy=NO_CACHE)
+def render_study_report(db: str, study: str, out_dir: str) -> str:
+    """write_study_report as a Prefect task (the report flow and the study flow)."""
+    return write_study_report(db, study, out_dir)

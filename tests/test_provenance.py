@@ -212,7 +212,7 @@ def test_task_returns_provenance_and_ingest_stores_it(tmp_path):
     runs, metrics, samples, provenance = run_chains.fn(specs, "label")
     assert provenance.equals(outcomes_to_provenance(run_many(specs)))
     db = tmp_path / "p.duckdb"
-    assert ingest.fn(str(db), runs, metrics, samples, "label", provenance=provenance) == 2
+    assert ingest.fn(str(db), runs, metrics, samples, "label", provenance=provenance) is None
     stored = Store(db).provenance("provenance")
     assert (
         stored.select(provenance.columns)

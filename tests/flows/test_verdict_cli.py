@@ -217,8 +217,10 @@ def test_errors_are_one_line_and_change_nothing(db, tmp_path, monkeypatch):
         holder.kill()
         holder.wait()
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert "locked by another process" in lines[0]
+    # one line while it waits, one when it gives up: both say who holds the file
+    assert result.exit_code == 2 and len(lines) == 2, result.output
+    assert "waiting up to 0.5 s" in lines[0] and f"(PID {holder.pid})" in lines[0]
+    assert "locked by another process" in lines[1] and f"(PID {holder.pid})" in lines[1]
 
 
 def test_verdict_never_imports_prefect(db):
