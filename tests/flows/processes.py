@@ -8,6 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
+import yaml
+
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "collapselab")
 
@@ -24,3 +26,26 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     for inherited in ("PREFECT_API_URL", "PREFECT_HOME", "MPLCONFIGDIR", "SCIKIT_LEARN_DATA"):
         env.pop(inherited, None)
     return env
+
+
+def slow_study(tmp_path: Path, name: str, *, seed: int) -> Path:
+    """Forty runs of about a tenth of a second each: seconds of work, long enough to stop a study
+    in the middle (a signal, a crash). Written to `tmp_path/<name>.yaml`."""
+    study = {
+        "name": name,
+        "seed": seed,
+        "generations": 150,
+        "replicates": 10,
+        "samples_per_generation": 50,
+        "test_size": 100,
+        "models": [{"family": "gaussian", "dim": 3}],
+        "strategies": [
+            "replace",
+            "accumulate",
+            {"name": "fixed-fraction", "real_fraction": 0.3},
+            {"name": "replace", "temperature": 0.9},
+        ],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path

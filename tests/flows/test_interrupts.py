@@ -13,9 +13,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-import yaml
 
-from tests.flows.processes import BIN, CLI, clean_env, free_port
+from tests.flows.processes import BIN, CLI, clean_env, free_port, slow_study
 
 pytestmark = pytest.mark.slow
 
@@ -23,25 +22,7 @@ INTERRUPTED = "interrupted: "
 
 
 def study_file(tmp_path: Path) -> Path:
-    """Forty runs of about a tenth of a second each, in batches of two: seconds of work."""
-    study = {
-        "name": "interrupts",
-        "seed": 5,
-        "generations": 150,
-        "replicates": 10,
-        "samples_per_generation": 50,
-        "test_size": 100,
-        "models": [{"family": "gaussian", "dim": 3}],
-        "strategies": [
-            "replace",
-            "accumulate",
-            {"name": "fixed-fraction", "real_fraction": 0.3},
-            {"name": "replace", "temperature": 0.9},
-        ],
-    }
-    path = tmp_path / "interrupts.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+    return slow_study(tmp_path, "interrupts", seed=5)
 
 
 def command(study: Path, db: Path, runner: str) -> list[str]:

@@ -14,31 +14,13 @@ import pytest
 import yaml
 
 from collapselab.store import Store, StoreBusy, StoreMissing
-from tests.flows.processes import CLI, clean_env
+from tests.flows.processes import CLI, clean_env, slow_study
 
 pytestmark = pytest.mark.slow
 
 
-def slow_study(tmp_path: Path) -> Path:
-    """Forty runs of about a tenth of a second each: long enough to kill in the middle."""
-    study = {
-        "name": "crash",
-        "seed": 3,
-        "generations": 150,
-        "replicates": 10,
-        "samples_per_generation": 50,
-        "test_size": 100,
-        "models": [{"family": "gaussian", "dim": 3}],
-        "strategies": [
-            "replace",
-            "accumulate",
-            {"name": "fixed-fraction", "real_fraction": 0.3},
-            {"name": "replace", "temperature": 0.9},
-        ],
-    }
-    path = tmp_path / "crash.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+def crash_study(tmp_path: Path) -> Path:
+    return slow_study(tmp_path, "crash", seed=3)
 
 
 def run_command(study: Path, db: Path, env: dict[str, str]) -> list[str]:
@@ -75,7 +57,7 @@ def comparable(db: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def test_sigkill_mid_study_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    study, env = slow_study(tmp_path), clean_env(tmp_path)
+    study, env = crash_study(tmp_path), clean_env(tmp_path)
     reference = tmp_path / "reference.duckdb"
     done = subprocess.run(
         run_command(study, reference, env), env=env, capture_output=True, text=True, timeout=600
@@ -109,7 +91,7 @@ def test_sigkill_mid_study_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_second_writer_waits_its_turn_with_a_message(tmp_path):
-    study, env = slow_study(tmp_path), clean_env(tmp_path)
+    study, env = crash_study(tmp_path), clean_env(tmp_path)
     small = yaml.safe_load(study.read_text()) | {"replicates": 1, "generations": 5}
     study.write_text(yaml.safe_dump(small))
     db = tmp_path / "shared.duckdb"
