@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -23,7 +21,6 @@ def write_study_report(db: str, study: str, out_dir: str, *, store: Store | None
     how many superseded runs are kept. Plain Python: `collapselab report` calls it with no
     Prefect server; the task below wraps it for flows."""
     store = store or Store(db)
-    recorded = store.studies().filter(pl.col("name") == study)
     counts = store.counts(study)
     html = render_report(
         study=study,
@@ -34,9 +31,7 @@ def write_study_report(db: str, study: str, out_dir: str, *, store: Store | None
         provenance=store.provenance(study),
         expected_runs=counts["runs"],
         superseded_runs=counts["superseded"],
-        thresholds=thresholds_from_config(
-            json.loads(recorded["config"][0]) if recorded.height else {}
-        ),
+        thresholds=thresholds_from_config(store.study_config(study) or {}),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     target = Path(out_dir) / "index.html"

@@ -23,24 +23,13 @@ from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
 from collapselab.store import Store, StoreForeign, StoreUnwritable
 from flows.cli import app
+from tests.stores import store_study
 
 
 @pytest.fixture
 def stored(tmp_path, tiny_study) -> tuple[Path, dict]:
     """A real CollapseLab database holding the tiny study, and the study as a YAML-able dict."""
-    study = parse_study(tiny_study)
-    runs, metrics = outcomes_to_frames(run_many(study.run_specs()))
-    db = tmp_path / "r.duckdb"
-    store = Store(db)
-    store.save_study(
-        name=study.name,
-        seed=study.seed,
-        config=study.model_dump(mode="json"),
-        study_text=None,
-        run_ids=[spec.run_id for spec in study.run_specs()],
-    )
-    store.ingest(runs, metrics)
-    return db, tiny_study
+    return store_study(tmp_path / "r.duckdb", tiny_study), tiny_study
 
 
 def commands(db: Path, tmp_path: Path, study_file: Path) -> list[list[str]]:

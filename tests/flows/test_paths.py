@@ -3,33 +3,13 @@ a folder, reports land only under --out, and `export` is all or nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from collapselab.chain import outcomes_to_frames, run_many
-from collapselab.config import parse_study
-from collapselab.store import Store, StoreBroken, study_folder
+from collapselab.store import StoreBroken, study_folder
 from collapselab.tables import is_study_name
 from flows.cli import app
-
-
-def store_study(db: Path, study: dict, name: str | None = None) -> None:
-    """Store the study's runs, under `name` when given (as a file written elsewhere could)."""
-    config = parse_study(study)
-    runs, metrics = outcomes_to_frames(run_many(config.run_specs()))
-    name = name or config.name
-    store = Store(db)
-    store.save_study(
-        name=name,
-        seed=config.seed,
-        config=config.model_dump(mode="json"),
-        study_text=None,
-        run_ids=runs["run_id"].to_list(),
-    )
-    store.ingest(runs.with_columns(study=pl.lit(name)), metrics)
+from tests.stores import store_study
 
 
 def lines_of(result) -> list[str]:

@@ -12,10 +12,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from collapselab.chain import outcomes_to_frames, run_many
-from collapselab.config import parse_study
 from collapselab.store import Store
 from flows.cli import app
+from tests.stores import store_study
 
 
 def free_port() -> int:
@@ -34,19 +33,7 @@ def dead_api(monkeypatch) -> str:
 
 @pytest.fixture
 def db(tmp_path, tiny_study):
-    study = parse_study(tiny_study)
-    runs, metrics = outcomes_to_frames(run_many(study.run_specs()))
-    path = tmp_path / "r.duckdb"
-    store = Store(path)
-    store.save_study(
-        name=study.name,
-        seed=study.seed,
-        config=study.model_dump(mode="json"),
-        study_text=None,
-        run_ids=runs["run_id"].to_list(),
-    )
-    store.ingest(runs, metrics)
-    return path
+    return store_study(tmp_path / "r.duckdb", tiny_study)
 
 
 def lines_of(result) -> list[str]:
