@@ -17,6 +17,7 @@ its training-set size. Runs of at most 200 generations are recorded exactly, eve
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -31,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from collapselab import __version__
-from collapselab.config import RunSpec
+from collapselab.config import MAX_BATCH_RUNS, RunSpec
 from collapselab.models import Degenerate, RunContext, build_model
 from collapselab.strategies import REAL, History, TrainingSet, build_strategy
 from collapselab.tables import (
@@ -197,8 +198,13 @@ def _summarise(exc: BaseException, generation: int) -> str:
 
 
 def run_many(specs: list[RunSpec]) -> list[RunOutcome]:
-    """A batch of runs, one after the other (a task's worth of short runs)."""
-    return [run_chain(spec) for spec in specs]
+    """A batch of runs (a task's worth), in the input order: each cell's runs (consecutive runs
+    equal but for their replicate) advanced together by the batched engine where the family and
+    strategy have a batched path, one by one through run_chain otherwise. The same numbers
+    either way."""
+    from collapselab.engine import cells, run_cell  # the engine builds on this module
+
+    return [outcome for cell in cells(specs) for outcome in run_cell(cell)]
 
 
 # --- tidy tables ------------------------------------------------------------------------------
@@ -234,28 +240,57 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
     )
     metrics = pl.DataFrame(
         {
-            "run_id": [o.spec.run_id for o in outcomes for _ in o.generation],
-            "generation": [g for o in outcomes for g in o.generation],
-            "metric": [m for o in outcomes for m in o.metric],
-            "value": [v for o in outcomes for v in o.value],
+            "run_id": _repeat_run_ids(outcomes, [len(o.value) for o in outcomes]),
+            "generation": list(itertools.chain.from_iterable(o.generation for o in outcomes)),
+            "metric": list(itertools.chain.from_iterable(o.metric for o in outcomes)),
+            "value": list(itertools.chain.from_iterable(o.value for o in outcomes)),
         },
         schema=METRIC_COLUMNS,
     )
     return runs, metrics
 
 
+def _repeat_run_ids(outcomes: list[RunOutcome], counts: list[int]) -> list[str]:
+    """Each outcome's run id `counts[i]` times: a run id is a hash of the spec, computed once a
+    run, not once a row."""
+    ids = np.array([o.spec.run_id for o in outcomes], dtype=object)
+    return np.repeat(ids, counts).tolist()
+
+
 def plan_batches(
-    specs: list[RunSpec], *, workers: int, batch_size: int | None = None, max_batch: int = 50
+    specs: list[RunSpec],
+    *,
+    workers: int,
+    batch_size: int | None = None,
+    max_batch: int = MAX_BATCH_RUNS,
+    batches_per_worker: int = 4,
 ) -> list[list[RunSpec]]:
-    """Split runs into task-sized batches: enough batches to keep `workers` busy (about four
-    each), few enough that per-task orchestration costs stay small. Neighbouring runs of the grid
-    (same model and strategy) share a batch, which keeps the door open to batched array code."""
+    """Split runs into task-sized batches, in grid order. A batch is the unit of array work
+    (collapselab.engine advances a cell's replicates together), so each cell (a model and
+    strategy's replicates) stays whole in one batch where it can: a cell is split, into nearly
+    equal parts, only while there are fewer than `batches_per_worker` batches a worker (so every
+    worker stays busy to the end), or to keep a batch at most `max_batch` (or `batch_size`)
+    runs: a batch holds its runs' data and metrics at once, and beyond a few hundred replicates
+    the arrays are long enough that a larger batch is no faster."""
+    from collapselab.engine import cells  # the engine builds on this module
+
     if not specs:
         return []
-    if batch_size is None:
-        n_batches = max(4 * workers, math.ceil(len(specs) / max_batch))
-        batch_size = math.ceil(len(specs) / min(n_batches, len(specs)))
-    return [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
+    groups = cells(specs)
+    limit = batch_size or max_batch
+    target = batches_per_worker * workers if batch_size is None else 0
+    parts = [math.ceil(len(cell) / limit) for cell in groups]
+    # split the cell with the largest parts further until the target is met (or runs run out)
+    while sum(parts) < min(target, len(specs)):
+        widest = max(range(len(groups)), key=lambda i: len(groups[i]) / parts[i])
+        if len(groups[widest]) <= parts[widest]:
+            break
+        parts[widest] += 1
+    batches: list[list[RunSpec]] = []
+    for cell, count in zip(groups, parts, strict=True):
+        bounds = np.linspace(0, len(cell), count + 1).round().astype(int)
+        batches.extend(cell[a:b] for a, b in itertools.pairwise(bounds))
+    return batches
 
 
 def outcomes_to_samples(outcomes: list[RunOutcome]) -> pl.DataFrame:
@@ -272,12 +307,14 @@ def outcomes_to_samples(outcomes: list[RunOutcome]) -> pl.DataFrame:
 
 def outcomes_to_provenance(outcomes: list[RunOutcome]) -> pl.DataFrame:
     """One row per (run, generation, origin) with points > 0: who made each training set."""
+    rows = list(itertools.chain.from_iterable(o.provenance for o in outcomes))
+    generation, origin, points = zip(*rows, strict=True) if rows else ((), (), ())
     return pl.DataFrame(
         {
-            "run_id": [o.spec.run_id for o in outcomes for _ in o.provenance],
-            "generation": [g for o in outcomes for g, _, _ in o.provenance],
-            "origin": [k for o in outcomes for _, k, _ in o.provenance],
-            "points": [c for o in outcomes for _, _, c in o.provenance],
+            "run_id": _repeat_run_ids(outcomes, [len(o.provenance) for o in outcomes]),
+            "generation": list(generation),
+            "origin": list(origin),
+            "points": list(points),
         },
         schema=PROVENANCE_COLUMNS,
     )

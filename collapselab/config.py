@@ -315,6 +315,35 @@ class Budget:
         return self.flow_bytes + self.workers * self.worker_bytes
 
 
+#: Most runs one task carries (chain.plan_batches).
+MAX_BATCH_RUNS = 250
+#: The batched engine advances as many replicates of a cell together as fit in this many bytes
+#: (`batch_replicates`): enough for array code to pay off, small enough that a long accumulating
+#: chain's pools of points stay bounded in every worker.
+BATCH_BYTES = 256 * 2**20
+
+
+def batch_replicates(
+    model: Any, strategy: Any, *, n: int, generations: int, test_size: int
+) -> tuple[int, int]:
+    """(replicates the engine advances together, estimated bytes per replicate) for a cell: 1
+    where the family or the strategy has no batched path."""
+    family = FAMILIES[model.family]
+    built = build_strategy(strategy)
+    if family.Batched is None or not built.batches():
+        return 1, 0
+    point = family.point_bytes(model)
+    if built.incremental and family.Batched.incremental:
+        held, train = 3 * n, n  # a running summary of the pool: no pool of points
+    else:
+        held = built.held_points(n=n, generations=generations)
+        train = built.max_train_points(n=n, generations=generations)
+    working = family.working_bytes(model, train_points=train, n=n, test_size=test_size)
+    metrics = (len(family.metric_names) + GENERIC_METRICS) * (generations + 1)
+    per_replicate = held * point + working + 8 * metrics
+    return max(1, min(MAX_BATCH_RUNS, BATCH_BYTES // per_replicate)), per_replicate
+
+
 def estimate_budget(config: StudyConfig, *, workers: int) -> Budget:
     """Peak memory of the flow process and of each worker, and database growth, from the grid
     alone: each family estimates its own working memory (ModelFamily.working_bytes) and point
@@ -348,7 +377,16 @@ def estimate_budget(config: StudyConfig, *, workers: int) -> Budget:
                     f"{metrics} metric values of {g + 1} generations",
                 ),
             ]
+            # the batched engine holds a batch's replicates at once (collapselab.engine), as many
+            # as BATCH_BYTES allows; the per-run path (and its fallback) holds one run at a time
             total = RUN_OVERHEAD_BYTES + sum(part[0] for part in parts)
+            batch, replicate = batch_replicates(
+                model, strategy_params, n=n, generations=g, test_size=config.test_size
+            )
+            batch = min(batch, config.replicates)
+            if batch > 1 and RUN_OVERHEAD_BYTES + batch * replicate > total:
+                total = RUN_OVERHEAD_BYTES + batch * replicate
+                parts = [(total, "replicates", f"{batch} replicates of {max(parts)[2]}")]
             if total > worst[0]:
                 _, field, part = max(parts)
                 worst = (total, field, part)

@@ -108,6 +108,156 @@ class History:
         return self._pool.view()
 
 
+class TrainingBatch:
+    """The training sets of R replicates of one cell, built together (collapselab.engine).
+
+    `data` is (R, m, *point_shape), or None when the engine fits a running summary of an
+    accumulated pool instead of its points. `origin` is (m,) when every replicate's training set
+    has the same composition (the usual case: one provenance for the whole cell), else (R, m).
+    `real_points` (R,) counts the real points of each training set.
+    """
+
+    def __init__(
+        self, data: np.ndarray | None, origin: np.ndarray, real_points: np.ndarray
+    ) -> None:
+        self.data = data
+        self.origin = origin
+        self.real_points = real_points
+
+    @classmethod
+    def shared(
+        cls, data: np.ndarray | None, origin: np.ndarray, *, replicates: int
+    ) -> TrainingBatch:
+        """Every replicate's training set has composition `origin` (m,)."""
+        return cls(data, origin, np.full(replicates, np.count_nonzero(origin == REAL)))
+
+    @classmethod
+    def per_replicate(cls, data: np.ndarray, origin: np.ndarray) -> TrainingBatch:
+        return cls(data, origin, np.count_nonzero(origin == REAL, axis=1))
+
+    @property
+    def size(self) -> int:
+        """m: points in each replicate's training set (the same for every replicate)."""
+        return self.origin.shape[-1]
+
+    @property
+    def is_shared(self) -> bool:
+        return self.origin.ndim == 1
+
+    def real_shares(self) -> np.ndarray:
+        """(R,) share of real points: `TrainingSet.real_share` of each replicate."""
+        return self.real_points / self.size
+
+    def replicate_origin(self, r: int) -> np.ndarray:
+        return self.origin if self.is_shared else self.origin[r]
+
+    def keep(self, mask: np.ndarray) -> TrainingBatch:
+        return TrainingBatch(
+            None if self.data is None else self.data[mask],
+            self.origin if self.is_shared else self.origin[mask],
+            self.real_points[mask],
+        )
+
+
+def _synthetic_origin(size: int, generation: int, *, real: int = 0) -> np.ndarray:
+    """`real` real points, then `size - real` points of model `generation` (int32 origins)."""
+    origin = np.full(size, generation, dtype=np.int32)
+    origin[:real] = REAL
+    return origin
+
+
+class BatchHistory:
+    """`History` of R replicates of one cell: R0 (R, n, ...), the latest samples, the origins of
+    the accumulated pool (shared by every replicate) and each replicate's real stream.
+
+    The pool's points are kept only when `keep_pool` (a strategy that reads them, on a family
+    that cannot fit a running summary of them): an accumulating chain on an incremental family
+    then holds O(n) points whatever its length."""
+
+    def __init__(self, *, n: int, real: list[RealStream], keep_pool: bool) -> None:
+        self.n = n
+        self.real = list(real)
+        self.r0 = np.stack([stream.take(n) for stream in self.real])
+        self.latest: np.ndarray | None = None
+        self.latest_generation = -1
+        self.keep_pool = keep_pool
+        self._origin = np.full(max(4 * n, 1), REAL, dtype=np.int32)
+        self._pool_size = n
+        self._pool: np.ndarray | None = None
+        if keep_pool:
+            self._pool = np.empty((len(self.real), 4 * n, *self.r0.shape[2:]), self.r0.dtype)
+            self._pool[:, :n] = self.r0
+
+    @property
+    def replicates(self) -> int:
+        return len(self.real)
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    def r0_batch(self) -> TrainingBatch:
+        """Model 0's training sets: R0, all real."""
+        return TrainingBatch.shared(
+            self.r0, np.full(self.n, REAL, dtype=np.int32), replicates=self.replicates
+        )
+
+    def add_samples(self, samples: np.ndarray) -> None:
+        """S_k of every replicate, (R, n, ...)."""
+        self.latest_generation += 1
+        self.latest = samples
+        needed = self._pool_size + samples.shape[1]
+        if needed > self._origin.size:
+            capacity = max(needed, 2 * self._origin.size)
+            self._origin = np.resize(self._origin, capacity)
+            if self._pool is not None:
+                shape = (self._pool.shape[0], capacity, *self._pool.shape[2:])
+                grown = np.empty(shape, dtype=self._pool.dtype)
+                grown[:, : self._pool_size] = self._pool[:, : self._pool_size]
+                self._pool = grown
+        self._origin[self._pool_size : needed] = self.latest_generation
+        if self._pool is not None:
+            self._pool[:, self._pool_size : needed] = samples
+        self._pool_size = needed
+
+    def latest_batch(self) -> TrainingBatch:
+        if self.latest is None:
+            raise ValueError("no synthetic samples yet: model 0 trains on R0")
+        return TrainingBatch.shared(
+            self.latest,
+            _synthetic_origin(self.latest.shape[1], self.latest_generation),
+            replicates=self.replicates,
+        )
+
+    def pool_origin(self) -> np.ndarray:
+        """(m,) origins of R0 + S_0 + ... + S_{latest}, the same for every replicate."""
+        return self._origin[: self._pool_size]
+
+    def pool_points(self) -> np.ndarray:
+        """(R, m, ...) the pool's points (a view); only with `keep_pool`."""
+        if self._pool is None:
+            raise ValueError("this history keeps the pool's origins only, not its points")
+        return self._pool[:, : self._pool_size]
+
+    def accumulated(self) -> TrainingBatch:
+        """R0 and every synthetic sample so far; data None when the points are not kept. R0 is
+        the pool's only real part, so its real count is n without scanning the origins."""
+        return TrainingBatch(
+            self._pool[:, : self._pool_size] if self._pool is not None else None,
+            self.pool_origin(),
+            np.full(self.replicates, self.n),
+        )
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the replicates where `mask` (R,) is True (a degenerate one leaves the batch)."""
+        self.real = [stream for stream, kept in zip(self.real, mask, strict=True) if kept]
+        self.r0 = self.r0[mask]
+        if self.latest is not None:
+            self.latest = self.latest[mask]
+        if self._pool is not None:
+            self._pool = self._pool[mask]
+
+
 class StrategyParams(BaseModel):
     """Parameters every strategy takes; subclasses add their own and a `name` literal tag."""
 
@@ -141,6 +291,12 @@ class Strategy(ABC):
     #: Bumped when the strategy's training sets change for the same parameters and seeds: part of
     #: a run's identity (config.RunSpec.run_id), so stored runs built the old way are re-run.
     results_version: ClassVar[int] = 1
+    #: True when model t's training set is model t-1's plus S_{t-1}: on a family that keeps a
+    #: running summary of its pool (BatchedModel.incremental) the engine then never stacks it.
+    incremental: ClassVar[bool] = False
+    #: True when training sets are drawn from the accumulated pool's points (BatchHistory keeps
+    #: them only then).
+    reads_pool: ClassVar[bool] = False
 
     def __init__(self, params: StrategyParams) -> None:
         self.params = params
@@ -163,6 +319,19 @@ class Strategy(ABC):
     @abstractmethod
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         """The training set of model t (t >= 1)."""
+
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
+        """The training sets of model t (t >= 1) of every replicate of `history`: replicate r's
+        is `training_set`'s, drawing from rngs[r] exactly as it does. A strategy without it runs
+        its cells through the per-run path (see `batches`)."""
+        raise NotImplementedError(f"strategy {self.name!r} builds no batched training sets")
+
+    @classmethod
+    def batches(cls) -> bool:
+        """Whether the strategy builds batched training sets (collapselab.engine)."""
+        return cls.training_batch is not Strategy.training_batch
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -193,6 +362,11 @@ class Replace(Strategy):
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         return history.latest
 
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
+        return history.latest_batch()
+
 
 class AccumulateParams(StrategyParams):
     name: Literal["accumulate"] = "accumulate"
@@ -207,7 +381,15 @@ class Accumulate(Strategy):
     def max_train_points(self, *, n: int, generations: int) -> int:
         return n * generations  # model G trains on R0 + S_0 + ... + S_{G-1}
 
+    incremental = True
+    reads_pool = True
+
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
+        return history.accumulated()
+
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
         return history.accumulated()
 
 
@@ -225,9 +407,21 @@ class AccumulateSubsample(Strategy):
         # rng.choice without replacement permutes the whole pool: an int64 index per point
         return super().held_points(n=n, generations=generations) + n * (generations + 1)
 
+    reads_pool = True
+
     def training_set(self, t: int, history: History, rng: np.random.Generator) -> TrainingSet:
         pool = history.accumulated()
         return pool.take(rng.choice(len(pool), size=history.n, replace=False))
+
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
+        size = history.pool_size
+        chosen = np.stack([rng.choice(size, size=history.n, replace=False) for rng in rngs])
+        rows = np.arange(len(rngs))[:, None]
+        return TrainingBatch.per_replicate(
+            history.pool_points()[rows, chosen], history.pool_origin()[chosen]
+        )
 
 
 class _RealFractionParams(StrategyParams):
@@ -264,6 +458,23 @@ class FixedFraction(Strategy):
             [history.r0.take(real_positions), history.latest.take(synthetic_positions)]
         )
 
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
+        n, k = history.n, self.params.real_count(history.n)
+        real_positions = np.stack([rng.choice(n, size=k, replace=False) for rng in rngs])
+        rows = np.arange(len(rngs))[:, None]
+        synthetic = np.ones((len(rngs), n), dtype=bool)
+        synthetic[rows, real_positions] = False
+        # each row's remaining positions in increasing order, as setdiff1d returns them
+        synthetic_positions = np.nonzero(synthetic)[1].reshape(len(rngs), n - k)
+        latest = history.latest_batch()
+        data = np.concatenate(
+            [history.r0[rows, real_positions], latest.data[rows, synthetic_positions]], axis=1
+        )
+        origin = _synthetic_origin(n, history.latest_generation, real=k)
+        return TrainingBatch.shared(data, origin, replicates=len(rngs))
+
 
 class FreshDataParams(_RealFractionParams):
     name: Literal["fresh-data"] = "fresh-data"
@@ -283,3 +494,13 @@ class FreshData(Strategy):
         k = self.params.real_count(history.n)
         fresh = TrainingSet.real(history.real.take(k))
         return TrainingSet.concat([fresh, history.latest.take(slice(0, history.n - k))])
+
+    def training_batch(
+        self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
+    ) -> TrainingBatch:
+        n, k = history.n, self.params.real_count(history.n)
+        latest = history.latest_batch()
+        fresh = np.stack([stream.take(k) for stream in history.real])
+        data = np.concatenate([fresh, latest.data[:, : n - k]], axis=1)
+        origin = _synthetic_origin(n, history.latest_generation, real=k)
+        return TrainingBatch.shared(data, origin, replicates=len(rngs))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from collapselab.chain import run_chain
+from collapselab.chain import run_chain, run_many
 from collapselab.config import (
     DEFAULT_MAX_MEMORY,
     GB,
@@ -190,6 +190,8 @@ def test_a_real_run_stays_within_its_estimate(tiny_study, model, strategy, n, ge
     )
     estimate = estimate_budget(config, workers=1).worker_bytes
     spec = config.run_specs()[0]
+    # a family imports its libraries when first used: modules are not a run's memory
+    run_chain(spec.model_copy(update={"generations": 1, "n": 10}))
     tracemalloc.start()
     try:
         outcome = run_chain(spec)
@@ -198,6 +200,45 @@ def test_a_real_run_stays_within_its_estimate(tiny_study, model, strategy, n, ge
         tracemalloc.stop()
     assert outcome.status == "completed", outcome.error
     assert peak <= estimate, (peak, estimate)
+
+
+@pytest.mark.parametrize(
+    ("model", "strategy"),
+    [
+        ({"family": "gaussian", "dim": 20}, "accumulate"),  # running sums: no pool of points
+        ({"family": "kde"}, "accumulate"),  # every replicate's pool of points at once
+        (
+            {"family": "linear-regression", "dim": 20},
+            {"name": "fixed-fraction", "real_fraction": 0.3},
+        ),
+    ],
+)
+def test_a_batch_of_replicates_stays_within_its_estimate(tiny_study, model, strategy):
+    """The batched engine holds a whole cell at once: the estimate counts every replicate."""
+    config = parse_study(
+        {
+            **tiny_study,
+            "models": [model],
+            "strategies": [strategy],
+            "generations": 10,
+            "samples_per_generation": 500,
+            "test_size": 500,
+            "replicates": 12,
+        }
+    )
+    estimate = estimate_budget(config, workers=1).worker_bytes
+    single = estimate_budget(config.model_copy(update={"replicates": 1}), workers=1).worker_bytes
+    specs = config.run_specs()
+    run_many(specs[:2])  # imports and caches first: they are not a batch's memory
+    tracemalloc.start()
+    try:
+        outcomes = run_many(specs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(outcome.status == "completed" for outcome in outcomes)
+    assert estimate > single  # the estimate counts every replicate of the batch ...
+    assert peak <= estimate, (peak, estimate)  # ... and covers what they take
 
 
 def test_the_cli_refuses_over_budget_in_one_line(tmp_path, tiny_study):
@@ -214,3 +255,30 @@ def test_the_cli_refuses_over_budget_in_one_line(tmp_path, tiny_study):
         app, ["run", str(path), "--db", str(tmp_path / "x.duckdb"), "--max-memory", "lots"]
     )
     assert result.exit_code == 2 and "not a memory size" in result.output, result.output
+
+
+def test_the_engine_holds_no_more_replicates_than_the_budget_counts(tiny_study, monkeypatch):
+    """A cell bigger than BATCH_BYTES allows is advanced in several batches, with the same
+    numbers: the budget's batch is the engine's batch."""
+    import collapselab.config as config_module
+    from collapselab import engine
+
+    config = parse_study(
+        {**tiny_study, "models": [{"family": "kde"}], "strategies": ["accumulate"], "replicates": 6}
+    )
+    specs = config.run_specs()
+    whole = run_many(specs)
+    size, per_replicate = config_module.batch_replicates(
+        specs[0].model,
+        specs[0].strategy,
+        n=specs[0].n,
+        generations=specs[0].generations,
+        test_size=specs[0].test_size,
+    )
+    assert len(engine.cells(specs)) == 1 and size >= 6
+    monkeypatch.setattr(config_module, "BATCH_BYTES", 2 * per_replicate)
+    assert [len(cell) for cell in engine.cells(specs)] == [2, 2, 2]
+    split = run_many(specs)
+    assert [o.value for o in split] == [o.value for o in whole]
+    budget = estimate_budget(config, workers=1)
+    assert budget.worker_bytes <= 4 * per_replicate  # two replicates at once, plus overhead

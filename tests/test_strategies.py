@@ -13,6 +13,7 @@ from collapselab.strategies import (
     STRATEGIES,
     AccumulateParams,
     AccumulateSubsampleParams,
+    BatchHistory,
     FixedFractionParams,
     FreshDataParams,
     History,
@@ -198,3 +199,91 @@ def test_every_strategy_is_covered_here():
         "fixed-fraction",
         "fresh-data",
     }
+
+
+# --- batched training sets (collapselab.engine) ------------------------------------------------
+
+
+def strategy_params(name: str, p: float):
+    params = STRATEGIES[name].Params
+    return params(real_fraction=p) if "real_fraction" in params.model_fields else params()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(sorted(STRATEGIES)),
+    p=st.floats(min_value=0.0, max_value=1.0),
+    replicates=st.integers(min_value=1, max_value=4),
+    drop=st.integers(min_value=0, max_value=3),
+    keep_pool=st.booleans(),
+    **common,
+)
+def test_training_batch_is_each_replicates_training_set(
+    name, p, replicates, drop, keep_pool, n, generations, seed
+):
+    """Replicate r's batched training set is `training_set`'s with rngs[r] and its own real
+    stream: the same points in the same order, the same origins and real share; a replicate
+    dropped half-way (as a degenerate one is) changes nothing for the others."""
+    strategy = build_strategy(strategy_params(name, p))
+    keep_pool = keep_pool or (strategy.reads_pool and not strategy.incremental)
+    real = PooledData(key="ids", points=np.arange(10_000, dtype=float).reshape(-1, 1))
+
+    def streams():
+        return [
+            real.open(n_test=N_TEST, seed=np.random.SeedSequence([seed, r]))
+            for r in range(replicates)
+        ]
+
+    singles = [History(n=n, real=stream) for stream in streams()]
+    single_rngs = [np.random.default_rng([seed, r]) for r in range(replicates)]
+    batch = BatchHistory(n=n, real=streams(), keep_pool=keep_pool)
+    rngs = [np.random.default_rng([seed, r]) for r in range(replicates)]
+    alive = list(range(replicates))
+    r0 = batch.r0_batch()
+    assert np.array_equal(r0.real_shares(), np.ones(replicates)) and r0.size == n
+    for t in range(1, generations + 1):
+        samples = np.stack(
+            [(t * SYNTHETIC_OFFSET + 1000 * r + np.arange(n, dtype=float))[:, None] for r in alive]
+        )
+        for r, sample in zip(alive, samples, strict=True):
+            singles[r].add_samples(sample)
+        batch.add_samples(samples)
+        built = strategy.training_batch(t, batch, rngs)
+        if built.data is None:
+            assert strategy.incremental and not keep_pool  # the engine fits a running summary
+        for row, r in enumerate(alive):
+            expected = strategy.training_set(t, singles[r], single_rngs[r])
+            assert np.array_equal(built.replicate_origin(row), expected.origin)
+            assert built.real_shares()[row] == expected.real_share
+            assert built.size == len(expected)
+            if built.data is not None:
+                assert np.array_equal(built.data[row], expected.data)
+        if t == 1 and drop < len(alive) and len(alive) > 1:
+            mask = np.arange(len(alive)) != drop
+            alive = [r for r, kept in zip(alive, mask, strict=True) if kept]
+            batch.keep(mask)
+            rngs = [rng for rng, kept in zip(rngs, mask, strict=True) if kept]
+            assert built.keep(mask).real_points.size == len(alive)
+
+
+def test_only_accumulate_is_incremental_and_pooled_strategies_say_so():
+    assert {n for n, cls in STRATEGIES.items() if cls.incremental} == {"accumulate"}
+    assert {n for n, cls in STRATEGIES.items() if cls.reads_pool} == {
+        "accumulate",
+        "accumulate-subsample",
+    }
+    assert all(cls.batches() for cls in STRATEGIES.values())
+
+
+def test_an_incremental_history_keeps_origins_not_points():
+    real = PooledData(key="ids", points=np.arange(1000, dtype=float).reshape(-1, 1))
+    stream = real.open(n_test=N_TEST, seed=np.random.SeedSequence(0))
+    batch = BatchHistory(n=5, real=[stream], keep_pool=False)
+    for k in range(30):
+        batch.add_samples(np.full((1, 5, 1), float(k)))
+    pool = batch.accumulated()
+    assert pool.data is None and pool.size == 5 * 31
+    assert np.array_equal(pool.origin, np.repeat(np.arange(-1, 30), 5))
+    assert pool.real_shares()[0] == 5 / (5 * 31)
+    with pytest.raises(ValueError, match="origins only"):
+        batch.pool_points()

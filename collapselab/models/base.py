@@ -9,7 +9,7 @@ a tuple where an array is expected) are absorbed inside the family, never by its
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -26,10 +26,14 @@ class Degenerate(Exception):
 @dataclass(frozen=True)
 class RunContext:
     """What a run's models may know beyond their training set: R0 (a regression relabels its
-    fixed design) and the held-out test set (for metrics only, never for fitting)."""
+    fixed design) and the held-out test set (for metrics only, never for fitting).
+
+    `memo` keeps what a family derives from them once a run (a summary of the test set), since
+    the chain builds a new model every generation; keys are prefixed with the family's name."""
 
     r0: np.ndarray
     test: np.ndarray
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class FamilyParams(BaseModel):
@@ -115,6 +119,79 @@ class ModelFamily(ABC):
         ...]), ("image", [2-D list of pixel values, ...]), ("density", [{"mean": [...], "cov":
         [[...]]}]) or ("ranks", [[probabilities in true rank order]]); None for nothing."""
         return None
+
+    #: The family's batched path (collapselab.engine), or None: its runs take the per-run path.
+    Batched: ClassVar[type[BatchedModel] | None] = None
+
+
+class BatchedModel(ABC):
+    """R models of one family and one configuration, fitted, sampled and scored together as array
+    computations over a leading replicate axis (row r of every array is replicate r).
+
+    Each replicate draws from its own Generators, in the order and sizes its `ModelFamily` would
+    alone, so every number of replicate r equals its run through the per-run path
+    (tests/test_engine.py checks it to a relative 1e-9). A replicate whose fit degenerates is
+    reported by `fit`, then dropped by `keep`; the others go on. Anything a method raises sends
+    the whole cell back to the per-run path (collapselab.engine), so raise rather than guess.
+
+    A generation, as the engine drives it: `fit` (or, for an incremental family under an
+    incremental strategy, `pool_start(R0)` at generation 0 and `pool_add(S_{t-1})` later, each
+    followed by `fit_pool`), `keep` if some replicate degenerated, `metrics`, `examples` for the
+    replicates whose examples are kept, then `sample`.
+    """
+
+    #: True when the family can keep a running summary of an accumulated pool (sums, counts,
+    #: cross-products) and fit on it: an accumulating strategy then costs O(n) a generation.
+    incremental: ClassVar[bool] = False
+
+    def __init__(self, params: FamilyParams, *, contexts: list[RunContext]) -> None:
+        self.params = params
+        self.contexts = contexts
+
+    @property
+    def replicates(self) -> int:
+        return len(self.contexts)
+
+    @abstractmethod
+    def fit(self, X: np.ndarray) -> dict[int, str]:
+        """Fit replicate r on X[r] (shape (R, m, *point_shape)). Returns {r: reason} for the
+        replicates whose fit degenerated (their fitted state is then meaningless), reason being
+        the message `ModelFamily.fit`'s `Degenerate` carries (the run's error quotes it)."""
+
+    @abstractmethod
+    def sample(
+        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+    ) -> np.ndarray:
+        """(R, n, *point_shape): replicate r's n points, drawn with rngs[r] exactly as
+        `ModelFamily.sample` draws them."""
+
+    @abstractmethod
+    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        """Every metric of `ModelFamily.metrics`, each an (R,) array, against each replicate's
+        truth and held-out test set (contexts[r].test); rngs[r] is replicate r's metric stream."""
+
+    @abstractmethod
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the replicates where `mask` (R,) is True, in order (contexts included)."""
+
+    def examples(self, r: int, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
+        """`ModelFamily.examples` of replicate r."""
+        return None
+
+    # --- incremental pools (only when `incremental`) ---------------------------------------
+
+    def pool_start(self, X: np.ndarray) -> None:
+        """The pool is X (R, m, *point_shape): R0 of every replicate."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no running pool summary")
+
+    def pool_add(self, X: np.ndarray) -> None:
+        """Add X (R, m, *point_shape), the latest samples, to the pool's summary."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no running pool summary")
+
+    def fit_pool(self) -> dict[int, str]:
+        """Fit every replicate on its whole pool so far; the same numbers as `fit` on the
+        stacked pool within float tolerance. Returns degenerate replicates as `fit` does."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no running pool summary")
 
 
 FAMILIES: dict[str, type[ModelFamily]] = {}

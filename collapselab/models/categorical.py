@@ -17,15 +17,22 @@ held-out tokens p gives zero probability, and `lost_mass` the truth's mass on th
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 from typing import Literal, Self
 
 import numpy as np
-import wordfreq
 from pydantic import Field
 
 from collapselab.data import RealData, SampledData
-from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+from collapselab.models.base import (
+    BatchedModel,
+    Degenerate,
+    FamilyParams,
+    ModelFamily,
+    RunContext,
+    register,
+)
 
 LANGUAGE = "en"
 #: Significant digits of the probabilities kept for the rank-frequency gallery: plenty for a
@@ -40,7 +47,10 @@ UNSEEN_MASS = 1e-3
 @lru_cache(maxsize=8)
 def english_vocabulary(vocab_size: int) -> tuple[tuple[str, ...], np.ndarray]:
     """The `vocab_size` most frequent English words and their frequencies renormalised over them,
-    most frequent first (wordfreq's data ships with the package: nothing is downloaded)."""
+    most frequent first (wordfreq's data ships with the package: nothing is downloaded).
+    wordfreq is imported here, not with the family: a command that runs nothing never pays it."""
+    import wordfreq
+
     words = tuple(wordfreq.top_n_list(LANGUAGE, vocab_size))
     if len(words) < vocab_size:
         raise ValueError(f"wordfreq lists only {len(words)} English words, not {vocab_size}")
@@ -75,6 +85,33 @@ class CategoricalParams(FamilyParams):
     vocab_size: int = Field(1000, ge=2, le=100_000)
     #: Additive (Lidstone) smoothing added to every word's count; 0: a lost word never returns.
     smoothing: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+
+
+def probabilities_from_counts(
+    params: CategoricalParams, counts: np.ndarray, tokens: int
+) -> np.ndarray:
+    """Smoothed relative frequencies of counts (..., V) of `tokens` tokens each."""
+    smoothing = params.smoothing
+    return (counts + smoothing) / (tokens + smoothing * params.vocab_size)
+
+
+def collapsed_reason(words: tuple[str, ...], probabilities: np.ndarray) -> str:
+    return f"the vocabulary has collapsed to one word ({words[int(np.argmax(probabilities))]!r})"
+
+
+def token_ids(X: np.ndarray, vocab_size: int) -> np.ndarray:
+    """X as word ids (intp), refused when one lies outside the vocabulary."""
+    ids = np.asarray(X)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"word ids must lie in [0, {vocab_size})")
+    return ids.astype(np.intp, copy=False)
+
+
+def ranks_example(probabilities: np.ndarray) -> tuple[str, list[list[float]]]:
+    """The model's probabilities in true rank order (word ids are true ranks), rounded: drawn
+    as a rank-frequency curve against the truth, it shows the tail fading rank by rank. Zero
+    means a lost word."""
+    return "ranks", [[float(f"{p:.{RANK_DIGITS}g}") for p in probabilities]]
 
 
 @register
@@ -119,27 +156,27 @@ class Categorical(ModelFamily):
         truth = self.truth
         key = f"categorical(wordfreq {LANGUAGE} top {self.params.vocab_size})"
 
+        # Generator.choice(V, size=n, p=truth)'s own algorithm with its cdf computed once, not
+        # once a draw (the same ids: tests/models/test_categorical.py)
+        cdf = truth.cumsum()
+        cdf /= cdf[-1]
+
         def draw(n: int, rng: np.random.Generator) -> np.ndarray:
-            return rng.choice(truth.size, size=n, p=truth)
+            return cdf.searchsorted(rng.random(n), side="right")
 
         return SampledData(key=key, draw=draw)
 
     def _token_ids(self, X: np.ndarray) -> np.ndarray:
-        ids = np.asarray(X).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.params.vocab_size):
-            raise ValueError(f"word ids must lie in [0, {self.params.vocab_size})")
-        return ids.astype(np.intp, copy=False)
+        return token_ids(np.asarray(X).reshape(-1), self.params.vocab_size)
 
     def fit(self, X: np.ndarray) -> Self:
         ids = self._token_ids(X)
         if ids.size == 0:
             raise Degenerate("no tokens to count")
-        vocab_size, smoothing = self.params.vocab_size, self.params.smoothing
-        counts = np.bincount(ids, minlength=vocab_size).astype(float)
-        self.probabilities_ = (counts + smoothing) / (ids.size + smoothing * vocab_size)
+        counts = np.bincount(ids, minlength=self.params.vocab_size).astype(float)
+        self.probabilities_ = probabilities_from_counts(self.params, counts, ids.size)
         if np.count_nonzero(self.probabilities_) < 2:
-            word = self.words[int(np.argmax(self.probabilities_))]
-            raise Degenerate(f"the vocabulary has collapsed to one word ({word!r})")
+            raise Degenerate(collapsed_reason(self.words, self.probabilities_))
         return self
 
     def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
@@ -176,7 +213,238 @@ class Categorical(ModelFamily):
         }
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[list[float]]]:
-        """The model's probabilities in true rank order (word ids are true ranks), rounded: drawn
-        as a rank-frequency curve against the truth, it shows the tail fading rank by rank. Zero
-        means a lost word."""
-        return "ranks", [[float(f"{p:.{RANK_DIGITS}g}") for p in self.probabilities_]]
+        return ranks_example(self.probabilities_)
+
+
+#: Rows whose lost mass or KL divergence falls below this are scored over the whole vocabulary
+#: (`CategoricalBatched.metrics`): over the living words alone the dead words' part is a
+#: difference of sums, whose rounding (about 1e-14) would then be more than 1e-10 of the value.
+COMPLEMENT_FLOOR = 1e-3
+
+
+class CategoricalBatched(BatchedModel):
+    """R unigram models of one vocabulary, held as their living words only: for each word of
+    probability > 0, its replicate, id and count, in (replicate, id) order (at most n a replicate
+    under `replace`, however large the vocabulary). Fitting, sampling and every metric work on
+    those K entries; only a replicate whose dead words' share is too small to take as a
+    complement is scored over the whole vocabulary (`COMPLEMENT_FLOOR`). An accumulated pool is
+    kept as its (R, V) counts (exact integers, so fitting on them is refitting the pool).
+
+    Sampling reproduces `Generator.choice(V, size=n, p=p)` exactly: cdf = cumsum(p) / its last
+    entry, then searchsorted of rng.random(n), side="right" (numpy's own algorithm;
+    tests/models/test_categorical.py checks the equality). Dead words add 0 to the running sum,
+    exactly, so a cdf over the living words alone has the same partial sums. The tokens `sample`
+    returns are read-only and recognised by identity: refitting on them counts the cdf positions
+    they were found at, not the tokens."""
+
+    incremental = True
+    params: CategoricalParams
+
+    def __init__(self, params: CategoricalParams, *, contexts: list[RunContext]) -> None:
+        super().__init__(params, contexts=contexts)
+        self.words, self.truth = english_vocabulary(params.vocab_size)
+        self._log_truth = np.log(self.truth)
+        self._truth_log_truth = float(self.truth @ self._log_truth)
+        self._log_floor = float(np.log(UNSEEN_MASS / params.vocab_size))  # log q' of a dead word
+        self._test_counts = self._count(np.stack([np.ravel(c.test) for c in contexts]))
+        self._test_tokens = self._test_counts.sum(axis=1)
+        self._pool_counts: np.ndarray | None = None
+        self._pool_tokens = 0
+        # what `sample` last returned: (tokens, their cdf positions (R, n), packed word ids)
+        self._sampled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _count(self, X: np.ndarray) -> np.ndarray:
+        """(R, V) integer counts of the word ids in each row of X (R, m, ...)."""
+        vocab_size, replicates = self.params.vocab_size, X.shape[0]
+        ids = token_ids(X.reshape(replicates, -1), vocab_size)
+        offsets = (np.arange(replicates) * vocab_size)[:, None]
+        counts = np.bincount((ids + offsets).ravel(), minlength=replicates * vocab_size)
+        return counts.reshape(replicates, vocab_size)
+
+    def _sampled_counts(self, X: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """(rows, words, counts) of the living words of X when X is what `sample` returned
+        (counted by cdf position: one bincount over R x L, not R x V), else None."""
+        if self._sampled is None or X is not self._sampled[0]:
+            return None
+        _, found, packed_words = self._sampled
+        replicates, width = packed_words.shape
+        offsets = (np.arange(replicates) * width)[:, None]
+        counts = np.bincount((found + offsets).ravel(), minlength=replicates * width)
+        flat = np.flatnonzero(counts)
+        return flat // width, packed_words.ravel()[flat], counts[flat]
+
+    # --- fitting ------------------------------------------------------------------------------
+
+    def fit(self, X: np.ndarray) -> dict[int, str]:
+        tokens = X[0].size
+        if tokens == 0:
+            return dict.fromkeys(range(self.replicates), "no tokens to count")
+        sampled = self._sampled_counts(X) if self.params.smoothing == 0 else None
+        if sampled is not None:
+            return self._fit(*sampled, tokens)
+        return self._fit_counts(self._count(X), tokens)
+
+    def pool_start(self, X: np.ndarray) -> None:
+        self._pool_counts, self._pool_tokens = self._count(X), X[0].size
+
+    def pool_add(self, X: np.ndarray) -> None:
+        sampled = self._sampled_counts(X)
+        if sampled is None:
+            self._pool_counts += self._count(X)
+        else:  # each (row, word) once: a plain fancy-index add
+            rows, words, counts = sampled
+            self._pool_counts[rows, words] += counts
+        self._pool_tokens += X[0].size
+
+    def fit_pool(self) -> dict[int, str]:
+        if self._pool_tokens == 0:
+            return dict.fromkeys(range(self.replicates), "no tokens to count")
+        return self._fit_counts(self._pool_counts, self._pool_tokens)
+
+    def _fit_counts(self, counts: np.ndarray, tokens: int) -> dict[int, str]:
+        """Fit on (R, V) counts of `tokens` tokens each."""
+        vocab_size, replicates = self.params.vocab_size, len(counts)
+        if self.params.smoothing > 0:  # every word keeps a share: all of them live
+            rows = np.repeat(np.arange(replicates), vocab_size)
+            words = np.tile(np.arange(vocab_size), replicates)
+            return self._fit(rows, words, counts.reshape(-1).copy(), tokens)
+        flat = np.flatnonzero(counts)
+        rows = flat // vocab_size
+        return self._fit(rows, flat - rows * vocab_size, counts.reshape(-1)[flat], tokens)
+
+    def _fit(
+        self, rows: np.ndarray, words: np.ndarray, counts: np.ndarray, tokens: int
+    ) -> dict[int, str]:
+        """The fitted state from each living word's (replicate, id, count), in that order."""
+        self._rows, self._words, self._counts, self._tokens = rows, words, counts, tokens
+        self._p = probabilities_from_counts(self.params, counts, tokens)  # as one run's fit
+        self._living = np.bincount(rows, minlength=self.replicates)
+        self._starts = np.cumsum(self._living) - self._living
+        self._sampled = None
+        collapsed = np.flatnonzero(self._living < 2)
+        if not collapsed.size:
+            return {}
+        dense = self._dense(collapsed)
+        return {
+            r: collapsed_reason(self.words, row)
+            for r, row in zip(collapsed.tolist(), dense, strict=True)
+        }
+
+    def _dense(self, replicates: np.ndarray) -> np.ndarray:
+        """(len(replicates), V) probabilities of those replicates over the whole vocabulary."""
+        lookup = np.full(self.replicates, -1)
+        lookup[replicates] = np.arange(len(replicates))
+        position = lookup[self._rows]
+        take = position >= 0
+        dense = np.zeros((len(replicates), self.params.vocab_size))
+        dense[position[take], self._words[take]] = self._p[take]
+        return dense
+
+    @property
+    def probabilities_(self) -> np.ndarray:
+        """(R, V): every replicate's fitted probabilities."""
+        return self._dense(np.arange(self.replicates))
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    def sample(
+        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+    ) -> np.ndarray:
+        # each row's living words packed to the left of an (R, L) array (L: the most living
+        # words of a row): the zero padding after a row's last word adds 0 to its running sum,
+        # so every row's partial sums, and the first of them above u, are those of its full cdf
+        replicates, rows, living = self.replicates, self._rows, self._living
+        positions = np.arange(rows.size) - np.repeat(self._starts, living)
+        probabilities = self._p
+        if temperature != 1.0:  # row by row: the same arithmetic, so the same bits, as one run
+            bounds = np.concatenate([[0], np.cumsum(living)]).tolist()
+            probabilities = np.concatenate(
+                [tempered(probabilities[a:b], temperature) for a, b in itertools.pairwise(bounds)]
+            )
+        width = int(living.max())
+        cdf = np.zeros((replicates, width))
+        cdf[rows, positions] = probabilities
+        cdf.cumsum(axis=1, out=cdf)
+        cdf /= cdf[:, -1:]
+        packed_words = np.zeros((replicates, width), dtype=np.intp)
+        packed_words[rows, positions] = self._words
+        uniform = np.empty((replicates, n))
+        for rng, row in zip(rngs, uniform, strict=True):  # each replicate's stream, as one run's
+            rng.random(out=row)
+        # each row's uniforms searched in increasing order (searchsorted then narrows each
+        # search from the last: faster than random probes), then put back in order
+        order = np.argsort(uniform, axis=1)
+        ascending = np.take_along_axis(uniform, order, axis=1)
+        found_ascending = np.empty((replicates, n), dtype=np.intp)
+        for row_cdf, row, found_row in zip(cdf, ascending, found_ascending, strict=True):
+            found_row[:] = row_cdf.searchsorted(row, side="right")
+        found = np.empty_like(found_ascending)
+        np.put_along_axis(found, order, found_ascending, axis=1)
+        tokens = np.take_along_axis(packed_words, found, axis=1)
+        tokens.setflags(write=False)
+        self._sampled = (tokens, found, packed_words)
+        return tokens
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        vocab_size, starts, living = self.params.vocab_size, self._starts, self._living
+        rows, words, counts, p = self._rows, self._words, self._counts, self._p
+
+        def per_replicate(values: np.ndarray) -> np.ndarray:  # every replicate has a living word
+            return np.add.reduceat(values, starts)
+
+        # Every probability is (count + s) / (m + s V) of one m: each log the metrics take is one
+        # of max(count) + 1 values, tabled by the same arithmetic as the fit (so the same bits)
+        # and gathered by count
+        shares = probabilities_from_counts(self.params, np.arange(counts.max() + 1), self._tokens)
+        log_scoring = np.log((1.0 - UNSEEN_MASS) * shares + UNSEEN_MASS / vocab_size)[counts]
+        shares_log_shares = np.zeros_like(shares)
+        positive = shares > 0
+        shares_log_shares[positive] = shares[positive] * np.log(shares[positive])
+        truth = self.truth[words]
+        # the dead words' parts as complements: lost = 1 - living mass; KL(truth || q') =
+        # sum truth log truth - sum_living truth log q' - log(u / V) lost
+        dead = living < vocab_size
+        lost = np.where(dead, 1.0 - per_replicate(truth), 0.0)
+        kl = self._truth_log_truth - per_replicate(truth * log_scoring) - self._log_floor * lost
+        inexact = np.flatnonzero((dead & (lost < COMPLEMENT_FLOOR)) | (kl < COMPLEMENT_FLOOR))
+        if inexact.size:  # summed over the whole vocabulary, as one run sums them
+            dense = self._dense(inexact)
+            lost[inexact] = (dense == 0) @ self.truth
+            scoring = (1.0 - UNSEEN_MASS) * dense + UNSEEN_MASS / vocab_size
+            kl[inexact] = (self._log_truth - np.log(scoring)) @ self.truth
+        test_counts = self._test_counts.reshape(-1)[rows * vocab_size + words]
+        unseen_tokens = self._test_tokens - per_replicate(test_counts)
+        test_log_likelihood = per_replicate(test_counts * log_scoring)
+        test_log_likelihood += self._log_floor * unseen_tokens
+        return {
+            "vocab_survival": living / vocab_size,
+            "gini_simpson": 1.0 - per_replicate(p * p),
+            "entropy": -per_replicate(shares_log_shares[counts]),
+            "lost_mass": lost,
+            "kl_truth_model": kl,
+            "rarest_rank": (words[starts + living - 1] + 1).astype(float),
+            "test_nll": -test_log_likelihood / self._test_tokens,
+            "unseen_test_rate": unseen_tokens / self._test_tokens,
+        }
+
+    def keep(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        self.contexts = [c for c, kept in zip(self.contexts, mask, strict=True) if kept]
+        self._test_counts, self._test_tokens = self._test_counts[mask], self._test_tokens[mask]
+        if self._pool_counts is not None:
+            self._pool_counts = self._pool_counts[mask]
+        take = mask[self._rows]
+        rows = (np.cumsum(mask) - 1)[self._rows[take]]
+        self._rows, self._words, self._counts = rows, self._words[take], self._counts[take]
+        self._p = self._p[take]
+        self._living = self._living[mask]
+        self._starts = np.cumsum(self._living) - self._living
+        self._sampled = None
+
+    def examples(self, r: int, *, rng: np.random.Generator) -> tuple[str, list[list[float]]]:
+        return ranks_example(self._dense(np.array([r]))[0])
+
+
+Categorical.Batched = CategoricalBatched

@@ -7,20 +7,24 @@ expectation and the fitted Gaussian converges to a point (../shared/literature.m
 from __future__ import annotations
 
 import math
-from functools import cached_property
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
+from scipy.special import ndtr
 
 from collapselab.data import RealData, SampledData
-from collapselab.metrics import (
-    gaussian_mean_nll,
-    gaussian_wasserstein2_distance,
-    normal_two_sided_tail,
-    psd_sqrt,
+from collapselab.metrics import gaussian_mean_nll, normal_two_sided_tail, psd_sqrt
+from collapselab.models.base import (
+    BatchedModel,
+    Degenerate,
+    FamilyParams,
+    ModelFamily,
+    RunContext,
+    register,
 )
-from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
 
 #: A fitted covariance whose smallest eigenvalue falls below this share of the true covariance's
 #: average eigenvalue can no longer be sampled or scored meaningfully: the fit is degenerate.
@@ -62,6 +66,164 @@ def true_first_marginal(params: GaussianParams) -> tuple[float, float]:
     return mean, variance
 
 
+@dataclass(frozen=True)
+class GaussianTruth:
+    """The truth of one configuration and what every fit's metrics reuse, built once a process."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    chol: np.ndarray
+    trace: float
+    #: c when the covariance is c I: the fitted covariance's own eigenvalues then give W2
+    isotropic_scale: float | None
+    #: the covariance's symmetric square root (W2 against a non-isotropic truth), else None
+    root: np.ndarray | None
+    #: the tail-mass window, mean +- 2 sd of the first coordinate, and the truth's mass outside it
+    lower: float
+    upper: float
+    tail: float
+
+
+@lru_cache(maxsize=64)
+def gaussian_truth(params: GaussianParams) -> GaussianTruth:
+    dim = params.dim
+    mean = np.zeros(dim) if params.mean is None else np.asarray(params.mean, dtype=float)
+    cov = np.eye(dim) if params.cov is None else np.asarray(params.cov, dtype=float)
+    isotropic = np.array_equal(cov, cov[0, 0] * np.eye(dim))
+    mu0, sd0 = mean[0], math.sqrt(cov[0, 0])
+    lower, upper = mu0 - 2.0 * sd0, mu0 + 2.0 * sd0
+    for array in (mean, cov):
+        array.setflags(write=False)
+    return GaussianTruth(
+        mean=mean,
+        cov=cov,
+        chol=np.linalg.cholesky(cov),
+        trace=float(np.trace(cov)),
+        isotropic_scale=float(cov[0, 0]) if isotropic else None,
+        root=None if isotropic else psd_sqrt(cov),
+        lower=lower,
+        upper=upper,
+        tail=normal_two_sided_tail(mu0, sd0, lower, upper),
+    )
+
+
+# --- the arithmetic, over a leading replicate axis (the per-run model is a batch of one) ------
+
+
+def moments(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean (R, d), centred scatter (R, d, d)) of X (R, m, d). The mean as a product
+    with ones: BLAS, where numpy's reduction over a middle axis is several times slower."""
+    mean = (np.ones(X.shape[1]) @ X) / X.shape[1]
+    centred = X - mean[:, None, :]
+    return X.shape[1], mean, np.matmul(centred.transpose(0, 2, 1), centred)
+
+
+def combine_moments(
+    a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Moments of two point sets together (Chan, Golub and LeVeque's pairwise update): centred
+    scatters and a correction from the means' difference, never raw second moments, which lose
+    every digit once the variance is small against the squared mean."""
+    (count_a, mean_a, scatter_a), (count_b, mean_b, scatter_b) = a, b
+    total = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / total)
+    scatter = scatter_a + scatter_b
+    scatter += (count_a * count_b / total) * (delta[:, :, None] * delta[:, None, :])
+    return total, mean, scatter
+
+
+@dataclass
+class GaussianFits:
+    """R fitted Gaussians: mean (R, d), cov (R, d, d), its Cholesky factor and eigenvalues
+    (ascending). Rows of degenerate replicates hold placeholders (identity)."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    chol: np.ndarray
+    eigenvalues: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> GaussianFits:
+        return GaussianFits(
+            self.mean[mask], self.cov[mask], self.chol[mask], self.eigenvalues[mask]
+        )
+
+
+def fit_moments(
+    params: GaussianParams, truth: GaussianTruth, summary: tuple[int, np.ndarray, np.ndarray]
+) -> tuple[GaussianFits, dict[int, str]]:
+    """Fit R Gaussians on their moments; {r: reason} for the degenerate ones, decided exactly as
+    one fit decides it (one eigvalsh a fit: the same eigenvalues serve W2 against c I)."""
+    count, mean, scatter = summary
+    ddof = 1 if params.estimator == "unbiased" else 0
+    replicates = mean.shape[0]
+    if count - ddof <= 0:
+        reason = f"{count} training point(s) cannot define a {params.estimator} covariance"
+        eye = np.broadcast_to(np.eye(params.dim), scatter.shape)
+        placeholder = GaussianFits(mean, eye, eye, np.ones(mean.shape))
+        return placeholder, dict.fromkeys(range(replicates), reason)
+    cov = scatter / (count - ddof)
+    finite = np.isfinite(cov).all(axis=(1, 2))
+    if not finite.all():
+        cov = np.where(finite[:, None, None], cov, np.eye(params.dim))
+    eigenvalues = np.linalg.eigvalsh(cov)
+    floor = COLLAPSE_EIGENVALUE_SHARE * truth.trace / params.dim
+    usable = finite & (eigenvalues[:, 0] > floor)
+    reasons = dict.fromkeys(
+        np.flatnonzero(~usable).tolist(),
+        "singular covariance: the fitted Gaussian has collapsed to a subspace",
+    )
+    factorable = cov if usable.all() else np.where(usable[:, None, None], cov, np.eye(params.dim))
+    return GaussianFits(mean, cov, np.linalg.cholesky(factorable), eigenvalues), reasons
+
+
+def held_out_statistics(test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (d,), root (d, k)) of a held-out set, with root root^T its ML covariance (a scaled
+    QR factor, k = min(points, d)): the mean NLL of every test point then costs a d x (k + 1)
+    triangular solve a fit instead of one over every point."""
+    mean = test.mean(axis=0)
+    factor = np.linalg.qr(test - mean, mode="r")
+    return mean, factor.T / math.sqrt(len(test))
+
+
+def gaussian_metrics(
+    truth: GaussianTruth, fits: GaussianFits, test_mean: np.ndarray, test_root: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every metric of R fits, each an (R,) array; test_mean (R, d) and test_root (R, d, k) are
+    each replicate's `held_out_statistics`."""
+    dim = truth.mean.size
+    mean_sq_error = np.sum((fits.mean - truth.mean) ** 2, axis=1)
+    trace = np.trace(fits.cov, axis1=1, axis2=2)
+    # W2^2 = |m - m0|^2 + tr A + tr B - 2 tr (B^1/2 A B^1/2)^1/2, the last from eigenvalues
+    if truth.isotropic_scale is not None:
+        cross_eigenvalues = truth.isotropic_scale * fits.eigenvalues
+    else:
+        cross_eigenvalues = np.linalg.eigvalsh(truth.root @ fits.cov @ truth.root)
+    cross = np.sqrt(np.clip(cross_eigenvalues, 0.0, None)).sum(axis=1)
+    w2_squared = mean_sq_error + trace + truth.trace - 2.0 * cross
+    # mean over test points of |L^-1 (x - m)|^2 = |L^-1 root|_F^2 + |L^-1 (test mean - m)|^2
+    offsets = np.concatenate([test_root, (test_mean - fits.mean)[:, :, None]], axis=2)
+    solved = np.linalg.solve(fits.chol, offsets)
+    quadratic = np.einsum("rij,rij->r", solved, solved)
+    log_det = 2.0 * np.log(np.diagonal(fits.chol, axis1=1, axis2=2)).sum(axis=1)
+    sd0 = np.sqrt(fits.cov[:, 0, 0])
+    mean0 = fits.mean[:, 0]
+    model_tail = ndtr((truth.lower - mean0) / sd0) + ndtr((mean0 - truth.upper) / sd0)
+    return {
+        "mean_sq_error": mean_sq_error,
+        "variance_ratio": trace / truth.trace,
+        "wasserstein2_distance": np.sqrt(np.maximum(w2_squared, 0.0)),
+        "test_nll": 0.5 * (dim * math.log(2.0 * math.pi) + log_det + quadratic),
+        "tail_mass_ratio": model_tail / truth.tail,
+    }
+
+
+def density_example(mean: np.ndarray, cov: np.ndarray) -> tuple[str, list[dict[str, Any]]]:
+    """The fitted first-coordinate marginal, not samples: a density curve per generation shows
+    the spread shrinking far more legibly than a scatter of points."""
+    return "density", [{"mean": [float(mean[0])], "cov": [[float(cov[0, 0])]]}]
+
+
 @register
 class Gaussian(ModelFamily):
     name = "gaussian"
@@ -79,24 +241,18 @@ class Gaussian(ModelFamily):
 
     params: GaussianParams
 
-    # The truth, derived from the parameters.
-    @cached_property
+    # The truth, derived from the parameters once a process (a chain builds a model a fit).
+    @property
+    def truth(self) -> GaussianTruth:
+        return gaussian_truth(self.params)
+
+    @property
     def true_mean(self) -> np.ndarray:
-        p = self.params
-        return np.zeros(p.dim) if p.mean is None else np.asarray(p.mean, dtype=float)
+        return self.truth.mean
 
-    @cached_property
+    @property
     def true_cov(self) -> np.ndarray:
-        p = self.params
-        return np.eye(p.dim) if p.cov is None else np.asarray(p.cov, dtype=float)
-
-    @cached_property
-    def _true_chol(self) -> np.ndarray:
-        return np.linalg.cholesky(self.true_cov)
-
-    @cached_property
-    def _true_cov_sqrt(self) -> np.ndarray:
-        return psd_sqrt(self.true_cov)
+        return self.truth.cov
 
     @classmethod
     def point_bytes(cls, params: GaussianParams) -> int:
@@ -113,7 +269,7 @@ class Gaussian(ModelFamily):
         return 8 * dim * (3 * train_points + 2 * n + 2 * test_size) + 8 * 8 * dim * dim
 
     def real_data(self) -> RealData:
-        mean, chol = self.true_mean, self._true_chol
+        mean, chol = self.true_mean, self.truth.chol
         key = f"gaussian(mean={mean.tolist()}, cov={self.true_cov.tolist()})"
 
         def draw(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,19 +278,12 @@ class Gaussian(ModelFamily):
         return SampledData(key=key, draw=draw)
 
     def fit(self, X: np.ndarray) -> Self:
-        n = X.shape[0]
-        ddof = 1 if self.params.estimator == "unbiased" else 0
-        if n - ddof <= 0:
-            raise Degenerate(
-                f"{n} training point(s) cannot define a {self.params.estimator} covariance"
-            )
-        self.mean_ = X.mean(axis=0)
-        centred = X - self.mean_
-        self.cov_ = centred.T @ centred / (n - ddof)
-        floor = COLLAPSE_EIGENVALUE_SHARE * np.trace(self.true_cov) / self.params.dim
-        if not np.all(np.isfinite(self.cov_)) or np.linalg.eigvalsh(self.cov_).min() <= floor:
-            raise Degenerate("singular covariance: the fitted Gaussian has collapsed to a subspace")
-        self.chol_ = np.linalg.cholesky(self.cov_)
+        """The batched arithmetic on a batch of one: both paths give the same numbers."""
+        fits, degenerate = fit_moments(self.params, self.truth, moments(X[None]))
+        if degenerate:
+            raise Degenerate(degenerate[0])
+        self._fits = fits
+        self.mean_, self.cov_, self.chol_ = fits.mean[0], fits.cov[0], fits.chol[0]
         return self
 
     def sample(self, n: int, *, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
@@ -145,25 +294,80 @@ class Gaussian(ModelFamily):
         return gaussian_mean_nll(X, self.mean_, self.chol_)
 
     def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
-        mu0, sd0 = self.true_mean[0], math.sqrt(self.true_cov[0, 0])
-        lower, upper = mu0 - 2.0 * sd0, mu0 + 2.0 * sd0
-        true_tail = normal_two_sided_tail(mu0, sd0, lower, upper)
-        model_tail = normal_two_sided_tail(self.mean_[0], math.sqrt(self.cov_[0, 0]), lower, upper)
-        return {
-            "mean_sq_error": float(np.sum((self.mean_ - self.true_mean) ** 2)),
-            "variance_ratio": float(np.trace(self.cov_) / np.trace(self.true_cov)),
-            "wasserstein2_distance": gaussian_wasserstein2_distance(
-                self.mean_,
-                self.cov_,
-                self.true_mean,
-                self.true_cov,
-                sqrt_cov_b=self._true_cov_sqrt,
-            ),
-            "test_nll": self.score(test),
-            "tail_mass_ratio": model_tail / true_tail,
-        }
+        test_mean, test_root = self._test_statistics(test)
+        values = gaussian_metrics(self.truth, self._fits, test_mean[None], test_root[None])
+        return {name: float(value[0]) for name, value in values.items()}
+
+    def _test_statistics(self, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The run's test set is summarised once a run (its context keeps the summary), not
+        once a generation."""
+        context = self.context
+        if context is None or context.test is not test:
+            return held_out_statistics(test)
+        if "gaussian_test_statistics" not in context.memo:
+            context.memo["gaussian_test_statistics"] = held_out_statistics(test)
+        return context.memo["gaussian_test_statistics"]
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[dict[str, Any]]]:
-        """The fitted first-coordinate marginal, not samples: a density curve per generation shows
-        the spread shrinking far more legibly than a scatter of points."""
-        return "density", [{"mean": [float(self.mean_[0])], "cov": [[float(self.cov_[0, 0])]]}]
+        return density_example(self.mean_, self.cov_)
+
+
+class GaussianBatched(BatchedModel):
+    """R Gaussians of one configuration: the per-run arithmetic (`fit_moments`,
+    `gaussian_metrics`) over a replicate axis, and an accumulated pool kept as its count, mean
+    and centred scatter (`combine_moments`), O(n d^2) a generation whatever the pool's size."""
+
+    incremental = True
+    params: GaussianParams
+
+    def __init__(self, params: GaussianParams, *, contexts: list[RunContext]) -> None:
+        super().__init__(params, contexts=contexts)
+        self.truth = gaussian_truth(params)
+        statistics = [held_out_statistics(context.test) for context in contexts]
+        self._test_mean = np.stack([mean for mean, _ in statistics])
+        self._test_root = np.stack([root for _, root in statistics])
+        self._summary: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._fits: GaussianFits | None = None
+
+    def fit(self, X: np.ndarray) -> dict[int, str]:
+        return self._fit(moments(X))
+
+    def pool_start(self, X: np.ndarray) -> None:
+        self._summary = moments(X)
+
+    def pool_add(self, X: np.ndarray) -> None:
+        self._summary = combine_moments(self._summary, moments(X))
+
+    def fit_pool(self) -> dict[int, str]:
+        return self._fit(self._summary)
+
+    def _fit(self, summary: tuple[int, np.ndarray, np.ndarray]) -> dict[int, str]:
+        self._fits, degenerate = fit_moments(self.params, self.truth, summary)
+        return degenerate
+
+    def sample(
+        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+    ) -> np.ndarray:
+        z = np.empty((len(rngs), n, self.params.dim))
+        for rng, block in zip(rngs, z, strict=True):
+            rng.standard_normal(out=block)
+        fits = self._fits
+        return fits.mean[:, None, :] + math.sqrt(temperature) * (z @ fits.chol.transpose(0, 2, 1))
+
+    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        return gaussian_metrics(self.truth, self._fits, self._test_mean, self._test_root)
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.contexts = [c for c, kept in zip(self.contexts, mask, strict=True) if kept]
+        self._test_mean, self._test_root = self._test_mean[mask], self._test_root[mask]
+        if self._fits is not None:
+            self._fits = self._fits.keep(mask)
+        if self._summary is not None:
+            count, mean, scatter = self._summary
+            self._summary = count, mean[mask], scatter[mask]
+
+    def examples(self, r: int, *, rng: np.random.Generator) -> tuple[str, list[Any]]:
+        return density_example(self._fits.mean[r], self._fits.cov[r])
+
+
+Gaussian.Batched = GaussianBatched

@@ -1,4 +1,4 @@
-"""`kde`: a Gaussian kernel density estimate (scikit-learn's KernelDensity), Kazdan's case.
+"""`kde`: a Gaussian kernel density estimate, Kazdan's case.
 
 A KDE diffuses rather than collapses: sampling it (a training point plus kernel noise) adds h^2 of
 variance per dimension each generation, so under `replace` with a fixed bandwidth h the training
@@ -11,6 +11,11 @@ d = 2 under Scott), the opposite of a Gaussian's collapse (theory.kde_rule_train
 The truth is a Gaussian mixture with FIXED centres, used for the training AND the test data alike.
 Kazdan et al.'s code called make_blobs without fixed centres and so redrew the centres for its
 test set: held-out "real" data from another distribution. That bug is not repeated here.
+
+Densities are an exact log-sum-exp over every kernel (`kde_log_density`), the same numpy code for
+one run and for a batch of replicates (`KernelDensityBatched`), so both agree to rounding.
+scikit-learn's KernelDensity, used before, scored with a tree that was wrong far from every kernel
+(see `results_version`).
 """
 
 from __future__ import annotations
@@ -21,15 +26,28 @@ from typing import Annotated, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
-from sklearn.neighbors import KernelDensity
 
 from collapselab.data import RealData, SampledData, mixture_key, mixture_sampler
-from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+from collapselab.models.base import (
+    BatchedModel,
+    Degenerate,
+    FamilyParams,
+    ModelFamily,
+    RunContext,
+    register,
+)
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
-SCORE_RELATIVE_TOLERANCE = 1e-8
+#: Kernel evaluations held at once while scoring (8 bytes each, one such array and a copy):
+#: bounds the memory of scoring thousands of test points against a pool of tens of thousands to
+#: a few MB (2^18 was the fastest of 2^16..2^22 on both a pool of 10^4 and 100 replicates of 100).
+SCORE_CHUNK_ELEMENTS = 1 << 18
+#: Log-kernels more than this far below a test point's largest are raised to it before exp: each
+#: then weighs under 1e-304 of the largest, nothing in float64, and exp stays off the denormals
+#: that made scoring with a small bandwidth 2-3x slower.
+LOG_KERNEL_FLOOR = -700.0
 #: Bounds on the truth: its draws build a dim x dim Cholesky factor per point (mixture_sampler)
 #: and it keeps clusters x dim x dim covariances; beyond these no machine validates it.
 MAX_DIM = 1000
@@ -84,6 +102,45 @@ def pooled_sample_std(X: np.ndarray) -> float:
     return math.sqrt(float(np.mean(np.var(X, axis=0, ddof=1))))
 
 
+def kde_log_density(points: np.ndarray, centres: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
+    """log of (1/m) sum_j N(x; c_j, h^2 I) for each point x of points (R, T, dim), replicate r's
+    kernels at centres[r] (R, m, dim) with width bandwidth[r]: (R, T), an exact log-sum-exp.
+
+    Squared distances come from |x|^2 + |c|^2 - 2 x.c (one matrix product, fast in any
+    dimension) after shifting both by the centres' mean, which keeps the cancellation at
+    rounding level of the data's spread. Blocks of about SCORE_CHUNK_ELEMENTS kernels bound the
+    memory: several replicates a block when they are small, else a few test points a block."""
+    replicates, size, dim = points.shape
+    m = centres.shape[1]
+    shift = centres.mean(axis=1, keepdims=True)
+    centres, points = centres - shift, points - shift
+    centre_sq = np.einsum("rmd,rmd->rm", centres, centres)
+    point_sq = np.einsum("rtd,rtd->rt", points, points)
+    scale = -0.5 / bandwidth**2
+    normaliser = -math.log(m) - 0.5 * dim * np.log(2.0 * math.pi * bandwidth**2)
+    log_density = np.empty((replicates, size))
+    if m * size <= SCORE_CHUNK_ELEMENTS:
+        replicate_step, point_step = max(1, SCORE_CHUNK_ELEMENTS // (m * size)), size
+    else:
+        replicate_step, point_step = 1, max(1, SCORE_CHUNK_ELEMENTS // m)
+    for first in range(0, replicates, replicate_step):
+        rs = slice(first, first + replicate_step)
+        for start in range(0, size, point_step):
+            ts = slice(start, start + point_step)
+            block = points[rs, ts] @ np.swapaxes(centres[rs], 1, 2)
+            block *= -2.0
+            block += point_sq[rs, ts, None]
+            block += centre_sq[rs, None, :]
+            np.maximum(block, 0.0, out=block)  # a distance rounded below zero
+            block *= scale[rs, None, None]
+            top = block.max(axis=2)
+            block -= top[..., None]
+            np.maximum(block, LOG_KERNEL_FLOOR, out=block)
+            np.exp(block, out=block)
+            log_density[rs, ts] = top + np.log(block.sum(axis=2)) + normaliser[rs, None]
+    return log_density
+
+
 @register
 class KernelDensityFamily(ModelFamily):
     name = "kde"
@@ -94,7 +151,12 @@ class KernelDensityFamily(ModelFamily):
         "or non-overlapping kernels"
     )
     #: 2: `scott` / `silverman` scale with the sample's standard deviation (were bare factors).
-    results_version = 2
+    #: 3: `test_nll` is an exact log-sum-exp (`kde_log_density`, equal to scipy's logsumexp
+    #: of every kernel to 1e-11), no longer sklearn's tree: the same within its rtol 1e-8 where
+    #: kernels cover the test points, but the tree was wrong for points many bandwidths from
+    #: every kernel (kazdan-kde's `replace` chains: test_nll off by up to 57% at h = 0.1 and 1.5%
+    #: at h = 1.0; cf. scikit-learn issues 7492, 27186).
+    results_version = 3
 
     params: KdeParams
 
@@ -132,12 +194,14 @@ class KernelDensityFamily(ModelFamily):
 
     @classmethod
     def working_bytes(cls, params: KdeParams, *, train_points: int, n: int, test_size: int) -> int:
-        """The training points kept as kernel centres and sklearn's tree over them, samples,
-        test set, and the truth sampler's per-point Cholesky factors (points x dim x dim)."""
+        """The training points kept as kernel centres and their shifted copy, samples, test set,
+        the scoring blocks (kde_log_density), and the truth sampler's per-point Cholesky factors
+        (points x dim x dim)."""
         dim = len(params.centers[0])
         data = 8 * dim * (4 * train_points + 2 * n + 2 * test_size)
+        scoring = 3 * 8 * max(SCORE_CHUNK_ELEMENTS, train_points) + 8 * (train_points + test_size)
         per_point_factors = 8 * max(n, test_size) * dim * dim
-        return data + per_point_factors + 2 * 8 * len(params.centers) * dim * dim
+        return data + scoring + per_point_factors + 2 * 8 * len(params.centers) * dim * dim
 
     def real_data(self) -> RealData:
         """The same mixture, and the same draws, as a `gmm` with this truth: they share data."""
@@ -156,13 +220,7 @@ class KernelDensityFamily(ModelFamily):
             if not spread > 0:
                 raise Degenerate(f"no spread for the {bandwidth} rule: the points coincide")
             bandwidth = rule_of_thumb_factor(bandwidth, len(X), self.dim) * spread
-        # rtol: sklearn's tree may stop summing kernels once the density is known to a relative
-        # 1e-8 (1e-8 nats of log-density): far below any Monte Carlo noise, and several times
-        # faster than the exact sum on an accumulated pool of thousands of points
-        self.kde_ = KernelDensity(
-            kernel="gaussian", bandwidth=bandwidth, rtol=SCORE_RELATIVE_TOLERANCE
-        ).fit(X)
-        self.bandwidth_ = float(self.kde_.bandwidth_)
+        self.bandwidth_ = float(bandwidth)
         self.train_ = X
         # ML (divide by m) variance of the kernel centres, averaged over the dimensions
         self.train_variance_ = float(np.sum(np.var(X, axis=0))) / self.dim
@@ -177,7 +235,8 @@ class KernelDensityFamily(ModelFamily):
         return centres + math.sqrt(temperature) * self.bandwidth_ * noise
 
     def score(self, X: np.ndarray) -> float:
-        return -float(np.mean(self.kde_.score_samples(X)))
+        log_density = kde_log_density(X[None], self.train_[None], np.array([self.bandwidth_]))
+        return -float(np.mean(log_density))
 
     def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
         own_trace = self.dim * (self.train_variance_ + self.bandwidth_**2)
@@ -186,3 +245,86 @@ class KernelDensityFamily(ModelFamily):
             "variance_ratio": own_trace / self.true_trace,
             "train_variance": self.train_variance_,
         }
+
+
+class KernelDensityBatched(BatchedModel):
+    """R chains of one kde configuration, fitted, sampled and scored as arrays
+    (collapselab.engine). Not incremental: a KDE needs every point of its pool as a kernel."""
+
+    params: KdeParams
+
+    def __init__(self, params: KdeParams, *, contexts: list[RunContext]) -> None:
+        super().__init__(params, contexts=contexts)
+        family = KernelDensityFamily(params)
+        self.dim, self.true_trace = family.dim, family.true_trace
+        self.tests = np.stack([context.test for context in contexts])  # (R, T, dim)
+        self.train_: np.ndarray | None = None
+        self.bandwidth_ = np.full(len(contexts), np.nan)
+        self.train_variance_ = np.full(len(contexts), np.nan)
+
+    def fit(self, X: np.ndarray) -> dict[int, str]:
+        """`KernelDensityFamily.fit` of every replicate: the same checks, in the same order."""
+        if X.ndim != 3 or X.shape[2] != self.dim or len(X) != self.replicates:
+            expected = f"({self.replicates}, m, {self.dim})"
+            raise ValueError(f"points must have shape {expected}, got {X.shape}")
+        m = X.shape[1]
+        finite = np.all(np.isfinite(X), axis=(1, 2)) if m else np.zeros(len(X), dtype=bool)
+        degenerate = {
+            int(r): "no finite training points to place kernels on" for r in np.flatnonzero(~finite)
+        }
+        bandwidth = self.params.bandwidth
+        spread = np.zeros(len(X))
+        self.train_variance_ = np.full(len(X), np.nan)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN for non-finite replicates
+            if m >= 2:
+                spread = np.sqrt(np.mean(np.var(X, axis=1, ddof=1), axis=1))
+            if m >= 1:
+                self.train_variance_ = np.sum(np.var(X, axis=1), axis=1) / self.dim
+        if isinstance(bandwidth, str):
+            reason = f"no spread for the {bandwidth} rule: the points coincide"
+            for r in np.flatnonzero(~(spread > 0)):
+                degenerate.setdefault(int(r), reason)
+            self.bandwidth_ = rule_of_thumb_factor(bandwidth, m, self.dim) * spread
+        else:
+            self.bandwidth_ = np.full(len(X), float(bandwidth))
+        self.train_ = X
+        return degenerate
+
+    def sample(
+        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+    ) -> np.ndarray:
+        """Per replicate, as `KernelDensityFamily.sample` draws: n kernel indices, then the
+        (n, dim) standard normals."""
+        if self.train_ is None:
+            raise ValueError("sample before fit")
+        m = self.train_.shape[1]
+        chosen = np.empty((self.replicates, n), dtype=np.int64)
+        noise = np.empty((self.replicates, n, self.dim))
+        for r, rng in enumerate(rngs):
+            chosen[r] = rng.integers(m, size=n)
+            noise[r] = rng.standard_normal((n, self.dim))
+        centres = np.take_along_axis(self.train_, chosen[..., None], axis=1)
+        return centres + (math.sqrt(temperature) * self.bandwidth_)[:, None, None] * noise
+
+    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        if self.train_ is None:
+            raise ValueError("metrics before fit")
+        log_density = kde_log_density(self.tests, self.train_, self.bandwidth_)
+        own_trace = self.dim * (self.train_variance_ + self.bandwidth_**2)
+        return {
+            "test_nll": -np.mean(log_density, axis=1),
+            "variance_ratio": own_trace / self.true_trace,
+            "train_variance": self.train_variance_,
+        }
+
+    def keep(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        self.contexts = [c for c, kept in zip(self.contexts, mask, strict=True) if kept]
+        self.tests = self.tests[mask]
+        self.bandwidth_ = self.bandwidth_[mask]
+        self.train_variance_ = self.train_variance_[mask]
+        if self.train_ is not None:
+            self.train_ = self.train_[mask]
+
+
+KernelDensityFamily.Batched = KernelDensityBatched

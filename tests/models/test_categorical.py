@@ -9,6 +9,8 @@ cover), so it has the power to fail.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -18,10 +20,12 @@ from pydantic import ValidationError
 
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
-from collapselab.models import Degenerate
+from collapselab.data import SampledData
+from collapselab.models import Degenerate, RunContext
 from collapselab.models.categorical import (
     UNSEEN_MASS,
     Categorical,
+    CategoricalBatched,
     CategoricalParams,
     english_vocabulary,
     tempered,
@@ -300,3 +304,146 @@ def test_true_probabilities_are_the_truth_in_rank_order():
 def test_bad_parameters_are_rejected(bad):
     with pytest.raises(ValidationError):
         CategoricalParams(**bad)
+
+
+# --- the batched path (collapselab.engine) -----------------------------------------------------
+
+
+def batched(train: np.ndarray, tests: np.ndarray, **params) -> CategoricalBatched:
+    contexts = [RunContext(r0=row, test=test) for row, test in zip(train, tests, strict=True)]
+    model = CategoricalBatched(CategoricalParams(**params), contexts=contexts)
+    assert model.fit(train) == {}
+    return model
+
+
+def test_numpy_choice_is_cumsum_then_searchsorted():
+    """What the batched sampler relies on: Generator.choice(V, size=n, p=p) draws u =
+    rng.random(n) and returns cdf.searchsorted(u, side="right"), cdf = cumsum(p) / its last entry
+    (numpy's algorithm); a numpy that changed it would fail here before any chain diverged."""
+    gen = np.random.default_rng(5)
+    for vocab_size in (2, 7, 1000):
+        p = gen.dirichlet(np.full(vocab_size, 0.3))
+        p[gen.random(vocab_size) < 0.3] = 0.0
+        p /= p.sum()
+        for seed in range(20):
+            expected = np.random.default_rng(seed).choice(vocab_size, size=50, p=p)
+            cdf = p.cumsum()
+            cdf /= cdf[-1]
+            got = cdf.searchsorted(np.random.default_rng(seed).random(50), side="right")
+            assert np.array_equal(got, expected) and got.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("vocab_size", [2, 200])
+def test_real_tokens_are_generator_choice_from_the_truth(vocab_size):
+    """The real data's draws (its cdf computed once) are choice(V, size=n, p=truth)'s, id for id:
+    stored runs keep their real data."""
+    truth = true_probabilities(vocab_size)
+    real = Categorical(CategoricalParams(vocab_size=vocab_size)).real_data()
+    by_choice = SampledData(
+        key=real.key, draw=lambda n, rng: rng.choice(vocab_size, size=n, p=truth)
+    )
+    stream, expected = (
+        data.open(n_test=50, seed=np.random.SeedSequence(4)) for data in (real, by_choice)
+    )
+    assert np.array_equal(stream.test, expected.test) and stream.test.dtype == np.int64
+    for k in (1, 30, 7):
+        assert np.array_equal(stream.take(k), expected.take(k))
+
+
+def test_batched_refit_on_its_own_samples_counts_them_like_any_tokens():
+    """`fit` on the tokens `sample` returned counts their cdf positions: the same model as
+    counting a copy of them (which takes the general path), replicate by replicate."""
+    gen = np.random.default_rng(8)
+    train = gen.integers(0, 25, size=(4, 40))
+    tests = gen.integers(0, 60, size=(4, 20))
+    fast, slow = (batched(train, tests, vocab_size=60) for _ in range(2))
+    for generation in range(4):
+        rngs = [np.random.default_rng([generation, r]) for r in range(4)]
+        drawn = fast.sample(30, rngs=rngs)
+        assert not drawn.flags.writeable
+        copied = slow.sample(30, rngs=[np.random.default_rng([generation, r]) for r in range(4)])
+        assert np.array_equal(drawn, copied)
+        assert fast.fit(drawn) == slow.fit(np.array(copied)) == {}
+        assert np.array_equal(fast.probabilities_, slow.probabilities_)
+        for name, values in fast.metrics(rngs=rngs).items():
+            assert np.array_equal(values, slow.metrics(rngs=rngs)[name]), name
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_batched_fit_sample_and_metrics_equal_one_model_each(temperature, smoothing):
+    vocab, replicates, n = 40, 5, 30
+    gen = np.random.default_rng(11)
+    train = gen.integers(0, vocab // 2, size=(replicates, n))  # half the vocabulary is lost
+    tests = gen.integers(0, vocab, size=(replicates, 25))
+    model = batched(train, tests, vocab_size=vocab, smoothing=smoothing)
+    samples = model.sample(
+        60, rngs=[np.random.default_rng(r) for r in range(replicates)], temperature=temperature
+    )
+    values = model.metrics(rngs=[RNG] * replicates)
+    for r in range(replicates):
+        single = fitted(train[r].tolist(), vocab_size=vocab, smoothing=smoothing)
+        expected = single.sample(60, rng=np.random.default_rng(r), temperature=temperature)
+        assert np.array_equal(samples[r], expected)  # the same word ids, not merely close
+        for name, value in single.metrics(tests[r], rng=RNG).items():
+            assert values[name][r] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+        assert model.examples(r, rng=RNG) == single.examples(rng=RNG)
+
+
+def test_batched_scores_near_the_truth_as_one_model_does():
+    """Counts close to the truth: the lost mass (only the rarest word lost, or none) and the KL
+    divergence are then too small to take as complements over the living words; those
+    replicates are summed over the vocabulary, and every metric still equals one model's."""
+    vocab, tokens = 200, 10**6
+    truth = true_probabilities(vocab)
+    counts = np.floor(truth * tokens).astype(int)
+    counts[0] += tokens - counts.sum()
+    near = np.repeat(np.arange(vocab), counts)
+    rarest_lost = near.copy()
+    rarest_lost[rarest_lost == vocab - 1] = 0
+    far = np.repeat(np.arange(4), tokens // 4)  # a complement is exact enough here
+    train = np.stack([near, rarest_lost, far])
+    tests = np.random.default_rng(2).integers(0, vocab, size=(3, 40))
+    model = batched(train, tests, vocab_size=vocab)
+    values = model.metrics(rngs=[RNG] * 3)
+    assert 0 < values["lost_mass"][1] < 1e-3 and values["kl_truth_model"][0] < 1e-3
+    for r in range(3):
+        single = fitted(train[r].tolist(), vocab_size=vocab)
+        for name, value in single.metrics(tests[r], rng=RNG).items():
+            assert values[name][r] == pytest.approx(value, rel=1e-12, abs=0), (r, name)
+
+
+def test_batched_pool_of_counts_is_refitting_the_pool():
+    gen = np.random.default_rng(3)
+    parts = [gen.integers(0, 30, size=(3, 20)) for _ in range(6)]
+    tests = gen.integers(0, 30, size=(3, 10))
+    pooled = batched(parts[0], tests, vocab_size=30)
+    pooled.pool_start(parts[0])
+    for part in parts[1:]:
+        pooled.pool_add(part)
+    assert pooled.fit_pool() == {}
+    refit = batched(np.concatenate(parts, axis=1), tests, vocab_size=30)
+    assert np.array_equal(pooled.probabilities_, refit.probabilities_)  # counts are exact
+
+
+def test_batched_fit_reports_a_collapsed_replicate_and_keeps_the_others():
+    train = np.array([[3, 3, 3, 3], [0, 1, 2, 3], [1, 1, 1, 1]])
+    tests = np.zeros((3, 4), dtype=int)
+    contexts = [RunContext(r0=row, test=test) for row, test in zip(train, tests, strict=True)]
+    model = CategoricalBatched(CategoricalParams(vocab_size=5), contexts=contexts)
+    words = english_vocabulary(5)[0]
+    assert model.fit(train) == {
+        0: f"the vocabulary has collapsed to one word ({words[3]!r})",
+        2: f"the vocabulary has collapsed to one word ({words[1]!r})",
+    }
+    with pytest.raises(Degenerate, match=words[3]):
+        fitted([3, 3, 3, 3], vocab_size=5)
+    model.keep(np.array([False, True, False]))
+    assert model.replicates == 1 and model.metrics(rngs=[RNG])["vocab_survival"][0] == 4 / 5
+
+
+def test_importing_the_family_does_not_load_wordfreq():
+    """The CLI answers in under a second: wordfreq loads only when a vocabulary is built."""
+    code = "import sys, collapselab.models; print('wordfreq' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -14,7 +14,15 @@ import pytest
 from collapselab import theory
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import parse_study
-from collapselab.models.gaussian import Gaussian, GaussianParams, true_first_marginal
+from collapselab.models import Degenerate, RunContext
+from collapselab.models.gaussian import (
+    Gaussian,
+    GaussianBatched,
+    GaussianParams,
+    combine_moments,
+    moments,
+    true_first_marginal,
+)
 from tests.statistics import metric_z_scores as z_scores
 
 Z_MAX = 4.5  # two-sided, per generation; with ~20 generations a false alarm is ~1e-4
@@ -152,3 +160,74 @@ def test_true_first_marginal():
     assert true_first_marginal(GaussianParams()) == (0.0, 1.0)
     params = GaussianParams(dim=2, mean=(1.0, -1.0), cov=((4.0, 1.0), (1.0, 2.0)))
     assert true_first_marginal(params) == (1.0, 4.0)
+
+
+# --- the batched path and the cheaper formulas (collapselab.engine) ----------------------------
+
+
+def test_pooled_moments_keep_their_precision_when_the_variance_is_tiny():
+    """Chan et al.'s update combines centred scatters: 40 sets of points at 1e6 with spread 1e-3
+    pooled one by one give the stacked pool's scatter to 1e-7 of its size (the data's own
+    rounding, 1e-10 at 1e6, bounds how well the set means are known), where raw second moments
+    (sum x^2 - n mean^2) lose every digit."""
+    gen = np.random.default_rng(0)
+    parts = [1e6 + 1e-3 * gen.standard_normal((2, 25, 3)) for _ in range(40)]
+    summary = moments(parts[0])
+    for part in parts[1:]:
+        summary = combine_moments(summary, moments(part))
+    count, mean, scatter = moments(np.concatenate(parts, axis=1))
+    assert summary[0] == count == 1000
+    np.testing.assert_allclose(summary[1], mean, rtol=1e-15)
+    size = np.abs(scatter).max()
+    assert np.abs(summary[2] - scatter).max() < 1e-7 * size
+    stacked = np.concatenate(parts, axis=1)
+    raw = np.einsum("rni,rnj->rij", stacked, stacked) - count * mean[:, :, None] * mean[:, None]
+    assert np.abs(raw - scatter).max() > size  # the check can fail
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GaussianParams(dim=3),
+        GaussianParams(dim=2, mean=(1.0, -1.0), cov=((4.0, 1.0), (1.0, 2.0))),
+        GaussianParams(dim=2, cov=((3.0, 0.0), (0.0, 3.0)), estimator="unbiased"),
+    ],
+)
+def test_cheap_metric_formulas_equal_the_direct_ones(params):
+    """test_nll from the test set's mean and scatter equals the mean NLL over every test point;
+    W2 from eigenvalues equals the closed form with matrix square roots (metrics.py)."""
+    from collapselab.metrics import gaussian_wasserstein2_distance
+
+    gen = np.random.default_rng(1)
+    model = Gaussian(params).fit(0.3 + 0.7 * gen.standard_normal((40, params.dim)))
+    for test in (gen.standard_normal((500, params.dim)), gen.standard_normal((2, params.dim))):
+        values = model.metrics(test, rng=RNG)
+        assert values["test_nll"] == pytest.approx(model.score(test), rel=1e-12)
+    w2 = gaussian_wasserstein2_distance(model.mean_, model.cov_, model.true_mean, model.true_cov)
+    assert values["wasserstein2_distance"] == pytest.approx(w2, rel=1e-10)
+
+
+def test_batched_gaussians_equal_one_model_each():
+    params = GaussianParams(dim=3)
+    gen = np.random.default_rng(2)
+    train = gen.standard_normal((4, 20, 3))
+    train[2] = np.repeat(train[2, :1], 20, axis=0)  # every point the same: degenerate
+    tests = gen.standard_normal((4, 50, 3))
+    contexts = [RunContext(r0=x, test=test) for x, test in zip(train, tests, strict=True)]
+    model = GaussianBatched(params, contexts=contexts)
+    assert model.fit(train) == {
+        2: "singular covariance: the fitted Gaussian has collapsed to a subspace"
+    }
+    with pytest.raises(Degenerate, match="singular"):
+        Gaussian(params).fit(train[2])
+    kept = np.array([True, True, False, True])
+    model.keep(kept)
+    samples = model.sample(30, rngs=[np.random.default_rng(r) for r in range(3)], temperature=0.5)
+    values = model.metrics(rngs=[RNG] * 3)
+    for row, r in enumerate(np.flatnonzero(kept)):
+        single = Gaussian(params).fit(train[r])
+        expected = single.sample(30, rng=np.random.default_rng(row), temperature=0.5)
+        np.testing.assert_allclose(samples[row], expected, rtol=1e-12)
+        for name, value in single.metrics(tests[r], rng=RNG).items():
+            assert values[name][row] == pytest.approx(value, rel=1e-12), name
+        assert model.examples(row, rng=RNG) == single.examples(rng=RNG)

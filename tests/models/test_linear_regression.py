@@ -185,6 +185,41 @@ def test_rank_deficient_designs_are_degenerate(design):
         model.fit(rows_from(design, np.ones(len(design))))
 
 
+def exactly_singular_design(rng: np.random.Generator, kind: int) -> np.ndarray:
+    dim = int(rng.integers(3, 12))
+    rows = int(rng.integers(dim, 300))
+    design = rng.standard_normal((rows, dim)) * rng.choice([1e-3, 1.0, 1e3])
+    i, j, k = rng.choice(dim, 3, replace=False)
+    if kind == 0:
+        design[:, j] = design[:, i]  # a repeated column
+    elif kind == 1:
+        design[:, j] = rng.normal() * design[:, i] + rng.normal() * design[:, k]  # collinear
+    else:  # fewer distinct rows than columns, each repeated
+        distinct = design[: rng.integers(1, dim)]
+        design = distinct[rng.integers(len(distinct), size=rows)]
+    return design
+
+
+def test_the_gram_rank_test_separates_singular_from_continuous_designs():
+    """The criterion both paths use (rank_deficiencies, on X^T X): every design with a repeated
+    or collinear column or too few distinct rows is degenerate, as lstsq's rank says; every
+    continuous design with rows >= dim fits, square ones included (their worst conditioned)."""
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        design = exactly_singular_design(rng, trial % 3)
+        assert np.linalg.matrix_rank(design) < design.shape[1]
+        model = LinearRegression(LinearRegressionParams(dim=design.shape[1]))
+        with pytest.raises(Degenerate, match="rank"):
+            model.fit(rows_from(design, rng.standard_normal(len(design))))
+    for trial in range(300):
+        dim = int(rng.integers(1, 25))
+        rows = dim if trial % 2 else dim + int(rng.integers(0, 200))
+        design = rng.standard_normal((rows, dim))
+        model = LinearRegression(LinearRegressionParams(dim=dim))
+        model.fit(rows_from(design, rng.standard_normal(rows)))
+        assert np.all(np.isfinite(model.weights_))
+
+
 def test_sampling_relabels_r0s_design_with_temperature_scaled_noise():
     rows, temperature, noise_var = 200_000, 0.5, 2.0
     design = RNG.standard_normal((rows, 2))
