@@ -8,7 +8,9 @@ the same amount again.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import resource
 import tempfile
 import time
@@ -86,6 +88,24 @@ def main() -> None:
             f"   (after {done} runs in this process)"
         )
     print(f"peak RSS of the flow process: {peak:.0f} MiB")
+    out = Path(__file__).resolve().parent / "results" / "scale.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {workers} cores",
+                "load_average_at_end": os.getloadavg(),
+                "studies": [
+                    {"runs": runs, "tasks": tasks, "seconds": seconds, "flow_rss_mib": rss}
+                    for runs, tasks, seconds, rss in rows
+                ],
+                "peak_rss_mib": peak,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

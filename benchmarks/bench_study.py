@@ -1,81 +1,243 @@
-"""`make bench`: the quick study through the Prefect flow vs the same runs in a plain loop.
+"""`make bench`: a study end to end through `collapselab run`, as a user runs it.
 
-All timings come from one process, side by side, median of several repeats, because the machine
-is noisy: compare the ratios, not the absolute seconds. The Prefect server is started once before
-timing (its start-up is reported on its own line).
+1. Scale-out: a gmm study of about `--compute-seconds` of single-process compute (sized from a
+   probe of its per-generation cost) run with 1 worker and with 2 (processes runner, a fresh
+   database each, subprocesses): the start-up (imports, server, flow, pool) on its own line, the
+   compute (the runs' own seconds), the speed-up of 2 workers over 1 beyond start-up (target
+   >= 1.7x on an idle machine), and the flow's overhead beyond its fixed start-up as a share of
+   compute (target <= 5%).
+2. Commands that answer at once, on that database: `--help`, `status`, `verdict`, and a re-run
+   with every run stored (no server, no pool, no re-render).
+3. End to end: the Gaussian d = 10, n = 100, `replace`, 100 generations experiment with
+   `--replicates` replicates through `collapselab run` (auto runner, start-up included) against
+   the per-seed research loop (benchmarks/bench_engine.research_gaussian_loop) run as a script.
+
+Wall times are medians of `--repeats` where a part is repeated; the machine is shared, so read
+the ratios. Every number lands in benchmarks/results/study.json (the path is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import platform
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import flows  # noqa: F401  (state directory, BLAS threads)
-from collapselab.chain import outcomes_to_frames, run_many
-from collapselab.config import load_study
-from collapselab.store import Store
-from flows.environment import prefect_api
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).with_name("collapselab"))
+RESULTS = ROOT / "benchmarks" / "results" / "study.json"
+START_UP = re.compile(
+    r"start-up: ([\d.]+) s \(imports ([\d.]+) s, server ([\d.]+) s, flow ([\d.]+) s, "
+    r"workers ([\d.]+) s\); stop ([\d.]+) s"
+)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def scale_study(folder: Path, compute_s: float) -> tuple[Path, dict]:
+    """A gmm study (scikit-learn's EM: the per-run path, whatever the batched engine does)
+    sized to about `compute_s` of single-process compute by a probe of its cost."""
+    import flows  # noqa: F401  (BLAS threads, as in the workers)
+    from collapselab.config import parse_study
+    from flows.local import probe_cost
+
+    study = {
+        "name": "scale",
+        "seed": 3,
+        "generations": 40,
+        "replicates": 1,
+        "samples_per_generation": 200,
+        "test_size": 500,
+        "models": [{"family": "gmm"}],
+        "strategies": ["replace", "accumulate-subsample"],
+    }
+    specs = parse_study(study).run_specs()
+    per_generation = statistics.median(probe_cost(specs[:1]) for _ in range(3))
+    per_run = per_generation * (study["generations"] + 1)
+    study["replicates"] = max(2, math.ceil(compute_s / (per_run * len(specs))))
+    path = folder / "scale.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path, study
+
+
+def cli(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds and stderr of `collapselab ARGS` in a new process (failure: exit)."""
+    started = time.perf_counter()
+    done = subprocess.run([CLI, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"collapselab {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stderr
+
+
+def compute_seconds(db: Path) -> float:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        return float(con.execute("SELECT sum(duration_s) FROM runs").fetchall()[0][0])
+
+
+def scale_out(folder: Path, env: dict[str, str], compute_target: float) -> dict:
+    study, spec = scale_study(folder, compute_target)
+    result: dict = {
+        "study": {k: spec[k] for k in ("generations", "replicates", "samples_per_generation")},
+        "runs": spec["replicates"] * len(spec["strategies"]),
+    }
+    for workers in (1, 2):
+        db = folder / f"scale-{workers}.duckdb"
+        wall, stderr = cli(
+            [
+                *["run", str(study), "--db", str(db), "--runner", "processes"],
+                *["--workers", str(workers), "--no-report"],
+            ],
+            env,
+        )
+        found = START_UP.search(stderr)
+        if found is None:
+            sys.exit(f"no start-up line in:\n{stderr[-3000:]}")
+        start_up, imports, server, flow, pool, stop = map(float, found.groups())
+        result[f"workers_{workers}"] = {
+            "wall_s": wall,
+            "start_up_s": start_up,
+            "start_up_parts_s": {"imports": imports, "server": server, "flow": flow, "pool": pool},
+            "stop_s": stop,
+            "compute_s": compute_seconds(db),
+        }
+    # what a `run` costs before any start-up: interpreter, validation, planning (a re-run of a
+    # fully stored study is exactly that)
+    rerun = statistics.median(
+        cli(["run", str(study), "--db", str(folder / "scale-1.duckdb"), "--no-report"], env)[0]
+        for _ in range(3)
+    )
+    one, two = result["workers_1"], result["workers_2"]
+    fixed_1 = one["start_up_s"] + one["stop_s"] + rerun
+    fixed_2 = two["start_up_s"] + two["stop_s"] + rerun
+    result["rerun_all_stored_s"] = rerun
+    result["speed_up_2_vs_1"] = (one["wall_s"] - fixed_1) / (two["wall_s"] - fixed_2)
+    result["speed_up_2_vs_1_end_to_end"] = one["wall_s"] / two["wall_s"]
+    result["overhead_share_1_worker"] = (one["wall_s"] - fixed_1 - one["compute_s"]) / one[
+        "compute_s"
+    ]
+    result["overhead_share_2_workers"] = (two["wall_s"] - fixed_2 - two["compute_s"] / 2) / (
+        two["compute_s"] / 2
+    )
+    return result
+
+
+def quick_commands(folder: Path, env: dict[str, str], repeats: int) -> dict:
+    db = str(folder / "scale-1.duckdb")
+    commands = {
+        "--help": ["--help"],
+        "status": ["status", "--db", db],
+        "verdict": ["verdict", "--db", db, "--format", "csv"],
+    }
+    return {
+        name: statistics.median(cli(args, env)[0] for _ in range(repeats))
+        for name, args in commands.items()
+    }
+
+
+def end_to_end(folder: Path, env: dict[str, str], replicates: int, repeats: int) -> dict:
+    study = folder / "gaussian-e2e.yaml"
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "gaussian-e2e",
+                "seed": 0,
+                "generations": 100,
+                "replicates": replicates,
+                "samples_per_generation": 100,
+                "test_size": 1000,
+                "models": [{"family": "gaussian", "dim": 10}],
+                "strategies": ["replace"],
+            }
+        )
+    )
+    runs, lines = [], []
+    for repeat in range(repeats):
+        db = folder / f"e2e-{repeat}.duckdb"
+        seconds, stderr = cli(["run", str(study), "--db", str(db), "--no-report"], env)
+        runs.append(seconds)
+        lines.append(next((ln for ln in stderr.splitlines() if ln.startswith("runner:")), ""))
+    script = (
+        "import sys; sys.path.insert(0, 'benchmarks'); "
+        "from bench_engine import research_gaussian_loop; "
+        f"research_gaussian_loop({replicates}, 100, n=100, dim=10, test_size=1000)"
+    )
+    loops = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True)
+        loops.append(time.perf_counter() - started)
+    run_s, loop_s = statistics.median(runs), statistics.median(loops)
+    return {
+        "replicates": replicates,
+        "collapselab_run_s": run_s,
+        "runner_line": lines[0],
+        "research_loop_script_s": loop_s,
+        "speed_up": loop_s / run_s,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--study", default="studies/quick.yaml")
+    parser.add_argument("--compute-seconds", type=float, default=60.0)
+    parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    study, _ = load_study(args.study)
-    specs = study.run_specs()
-    workers = os.cpu_count() or 1
-    scratch = Path(tempfile.mkdtemp(prefix="collapselab-bench-"))
-    counter = iter(range(10**6))
+    folder = Path(tempfile.mkdtemp(prefix="collapselab-bench-study-"))
+    env = {**os.environ, "COLLAPSELAB_HOME": str(folder / "state")}
+    env.pop("PREFECT_API_URL", None)
 
-    def fresh_db() -> str:
-        return str(scratch / f"bench-{next(counter)}.duckdb")
-
-    def plain_loop() -> None:
-        runs, metrics = outcomes_to_frames(run_many(specs))
-        Store(fresh_db()).ingest(runs, metrics)
-
-    rows: list[tuple[str, float]] = [
-        ("plain loop (no Prefect): run + ingest", median_seconds(plain_loop, args.repeats))
-    ]
-    started = time.perf_counter()
-    with prefect_api():
-        server_s = time.perf_counter() - started
-        from flows.study import study_flow
-
-        for runner in ("threads", "processes"):
-
-            def through_flow(runner: str = runner) -> None:
-                study_flow(
-                    study=args.study, db=fresh_db(), runner=runner, workers=workers, report=False
-                )
-
-            rows.append(
-                (f"study flow, {runner} x{workers}", median_seconds(through_flow, args.repeats))
-            )
-
-    base = rows[0][1]
+    scale = scale_out(folder, env, args.compute_seconds)
+    one, two = scale["workers_1"], scale["workers_2"]
+    print(f"\nscale-out: gmm study, {scale['runs']} runs, {one['compute_s']:.1f} s of compute")
+    for workers, part in ((1, one), (2, two)):
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in part["start_up_parts_s"].items())
+        print(f"  start-up, {workers} worker(s): {part['start_up_s']:.2f} s ({parts})")
+    print(f"  wall: 1 worker {one['wall_s']:.1f} s, 2 workers {two['wall_s']:.1f} s")
     print(
-        f"\nquick study: {len(specs)} runs x {study.generations + 1} generations; "
-        f"median of {args.repeats}; Prefect server start-up {server_s:.1f} s (not included)"
+        f"  speed-up 2 vs 1 worker beyond start-up: {scale['speed_up_2_vs_1']:.2f}x "
+        f"(end to end {scale['speed_up_2_vs_1_end_to_end']:.2f}x; target >= 1.7x)"
     )
-    print(f"{'':44s} {'seconds':>9s} {'ratio':>7s}")
-    for name, seconds in rows:
-        print(f"{name:44s} {seconds:9.3f} {seconds / base:7.1f}x")
+    print(
+        f"  flow overhead beyond fixed start-up: {100 * scale['overhead_share_1_worker']:.1f}% "
+        f"of compute with 1 worker, {100 * scale['overhead_share_2_workers']:.1f}% with 2 "
+        "(target <= 5%)"
+    )
+    quick = quick_commands(folder, env, args.repeats)
+    quick["run, every run stored"] = scale["rerun_all_stored_s"]
+    print(
+        "commands (median wall, new process): "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in quick.items())
+    )
+    e2e = end_to_end(folder, env, args.replicates, args.repeats)
+    print(
+        f"end to end, gaussian d=10 n=100 replace 100 generations x {e2e['replicates']}: "
+        f"collapselab run {e2e['collapselab_run_s']:.2f} s ({e2e['runner_line']}), research "
+        f"loop script {e2e['research_loop_script_s']:.2f} s: {e2e['speed_up']:.1f}x "
+        "(target >= 4x)"
+    )
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "load_average_at_end": os.getloadavg(),
+        "repeats": args.repeats,
+        "scale_out": scale,
+        "commands_s": quick,
+        "end_to_end": e2e,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.out}")
 
 
 if __name__ == "__main__":

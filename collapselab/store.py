@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -566,6 +567,56 @@ class Store:
         """Stored runs of the study outside its current grid (kept until `prune`)."""
         return self.counts(study)["superseded"]
 
+    # --- what `run` decides from: measured compute, and whether a report is current --------
+
+    def generation_costs(self) -> pl.DataFrame:
+        """model, strategy_label, samples_per_generation, seconds (of compute per model fitted
+        and scored: per run-generation) and runs, over every stored run that did not fail, of
+        each group's latest code version: what `run` estimates a study's compute from."""
+        return self._query(
+            f"""
+            WITH latest AS (
+                SELECT model, strategy_label, samples_per_generation,
+                       arg_max(code_version, started_at) AS code_version
+                FROM runs WHERE status <> '{RunStatus.failed.value}' GROUP BY ALL
+            )
+            SELECT model, strategy_label, samples_per_generation,
+                   sum(duration_s) / sum(coalesce(degenerate_generation, generations) + 1)
+                       AS seconds,
+                   count(*) AS runs
+            FROM runs JOIN latest USING (model, strategy_label, samples_per_generation,
+                                         code_version)
+            WHERE status <> '{RunStatus.failed.value}' AND duration_s > 0
+            GROUP BY ALL
+            """
+        )
+
+    def report_signature(self, study: str) -> str:
+        """A digest of what a study's report is drawn from: its stored config and text, its
+        grid, its current runs as stored (ingest replaces a run's metrics, samples and provenance
+        with its row, whose start time then changes) and its superseded count."""
+        with self._connect(read_only=True) as con:
+            parts = [
+                con.execute(
+                    "SELECT config::VARCHAR, study_text, n_runs FROM studies WHERE name = ?",
+                    [study],
+                ).fetchall(),
+                con.execute(
+                    "SELECT count(*), bit_xor(hash(run_id)) FROM study_runs WHERE study = ?",
+                    [study],
+                ).fetchall(),
+                con.execute(
+                    "SELECT count(*), bit_xor(hash(run_id, status, error, degenerate_generation, "
+                    f"started_at, duration_s, code_version)) FROM runs r WHERE study = ? "
+                    f"AND {CURRENT}",
+                    [study],
+                ).fetchall(),
+                con.execute(
+                    f"SELECT count(*) FROM runs r WHERE study = ? AND NOT {CURRENT}", [study]
+                ).fetchall(),
+            ]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
     def run_statuses(self, study: str) -> pl.DataFrame:
         """run_id, model, strategy_label, replicate, status and error of every stored run of the
         current grid."""
@@ -673,3 +724,138 @@ class Store:
             """,
             [study],
         )
+
+    # --- report aggregates: what the report and the verdict read, computed here -----------
+    # The report never loads the metrics table: GROUP BY runs in DuckDB over the current grid
+    # (superseded runs left out), so its cost does not grow with the replicates.
+
+    def _grid_cte(self, *, failed: bool = True) -> str:
+        """`grid`: the current grid's runs with their labels (failed ones left out unless
+        `failed`), for the queries below; parameter 1 is the study."""
+        keep = "" if failed else f" AND r.status <> '{RunStatus.failed.value}'"
+        return (
+            "WITH grid AS (SELECT r.run_id, r.family, r.model, r.strategy_label, r.replicate "
+            f"FROM runs r WHERE r.study = ? AND {CURRENT}{keep})"
+        )
+
+    def metric_summary(self, study: str) -> pl.DataFrame:
+        """Per (family, model, strategy_label, metric, generation) of the current grid: points
+        (values stored, infinite ones included), finite, and the finite values' mean and sample
+        sd (null under two): every line and band of the report's figures."""
+        return self._query(
+            f"""
+            {self._grid_cte()}
+            SELECT g.family, g.model, g.strategy_label, m.metric, m.generation,
+                   count(*) AS points,
+                   count(*) FILTER (WHERE isfinite(m.value)) AS finite,
+                   avg(m.value) FILTER (WHERE isfinite(m.value)) AS mean,
+                   stddev_samp(m.value) FILTER (WHERE isfinite(m.value)) AS sd
+            FROM metrics m JOIN grid g USING (run_id)
+            GROUP BY ALL ORDER BY g.model, g.strategy_label, m.metric, m.generation
+            """,
+            [study],
+        ).cast(_METRIC_SUMMARY_SCHEMA)
+
+    def final_summary(self, study: str) -> pl.DataFrame:
+        """Per (family, model, strategy_label, metric): finite and infinite values, and the
+        finite values' mean and sample sd, at the last generation each run reached (over all its
+        metrics); failed runs left out. The report's final-generation tables."""
+        return self._query(
+            f"""
+            {self._grid_cte(failed=False)},
+            last AS (
+                SELECT run_id, max(generation) AS generation
+                FROM metrics JOIN grid USING (run_id) GROUP BY run_id
+            )
+            SELECT g.family, g.model, g.strategy_label, m.metric,
+                   count(*) FILTER (WHERE isfinite(m.value)) AS finite,
+                   count(*) FILTER (WHERE NOT isfinite(m.value)) AS infinite,
+                   avg(m.value) FILTER (WHERE isfinite(m.value)) AS mean,
+                   stddev_samp(m.value) FILTER (WHERE isfinite(m.value)) AS sd
+            FROM metrics m JOIN last USING (run_id, generation) JOIN grid g USING (run_id)
+            GROUP BY ALL ORDER BY g.model, g.strategy_label, m.metric
+            """,
+            [study],
+        ).cast(_FINAL_SUMMARY_SCHEMA)
+
+    def run_reach(self, study: str) -> pl.DataFrame:
+        """run_id, last_generation: each run of the current grid with stored metrics, and the
+        last generation it has a metric for."""
+        return self._query(
+            f"""
+            {self._grid_cte()}
+            SELECT run_id, max(generation) AS last_generation
+            FROM metrics JOIN grid USING (run_id) GROUP BY run_id ORDER BY run_id
+            """,
+            [study],
+        ).cast({"run_id": pl.String, "last_generation": pl.Int64})
+
+    def metric_rows(self, study: str, metrics: Sequence[str]) -> pl.DataFrame:
+        """run_id, generation, metric, value of the named metrics only (the filter runs in
+        DuckDB): the verdict's indicator series, without the rest of the table."""
+        return self._query(
+            f"""
+            {self._grid_cte()}
+            SELECT m.run_id, m.generation, m.metric, m.value
+            FROM metrics m JOIN grid USING (run_id)
+            WHERE list_contains(?::VARCHAR[], m.metric)
+            ORDER BY m.run_id, m.metric, m.generation
+            """,
+            [study, list(metrics)],
+        ).cast(
+            {"run_id": pl.String, "generation": pl.Int64, "metric": pl.String, "value": pl.Float64}
+        )
+
+    def report_samples(self, study: str) -> pl.DataFrame:
+        """Store.samples of each (model, strategy)'s first stored replicate only: what the
+        report's galleries show."""
+        return self._query(
+            f"""
+            {self._grid_cte()},
+            first AS (
+                SELECT model, strategy_label, min(replicate) AS replicate
+                FROM grid JOIN samples USING (run_id) GROUP BY ALL
+            )
+            SELECT s.run_id, g.family, g.model, g.strategy_label, g.replicate, s.generation,
+                   s.kind, s.items::VARCHAR AS items
+            FROM samples s JOIN grid g USING (run_id)
+                JOIN first f USING (model, strategy_label, replicate)
+            ORDER BY g.model, g.strategy_label, s.generation
+            """,
+            [study],
+        )
+
+    def provenance_summary(self, study: str) -> pl.DataFrame:
+        """family, model, strategy_label, generation, origin, points of each (model, strategy)'s
+        first stored replicate (summed in DuckDB): the report's stacked areas."""
+        return self._query(
+            f"""
+            {self._grid_cte()},
+            first AS (
+                SELECT model, strategy_label, min(replicate) AS replicate
+                FROM grid JOIN provenance USING (run_id) GROUP BY ALL
+            )
+            SELECT g.family, g.model, g.strategy_label, p.generation, p.origin,
+                   sum(p.points) AS points
+            FROM provenance p JOIN grid g USING (run_id)
+                JOIN first f USING (model, strategy_label, replicate)
+            GROUP BY ALL ORDER BY g.model, g.strategy_label, p.generation, p.origin
+            """,
+            [study],
+        ).cast({"generation": pl.Int64, "origin": pl.Int64, "points": pl.Int64})
+
+
+#: Column types of Store.metric_summary and final_summary (collapselab.report.aggregates).
+_METRIC_SUMMARY_SCHEMA = {
+    "generation": pl.Int64,
+    "points": pl.Int64,
+    "finite": pl.Int64,
+    "mean": pl.Float64,
+    "sd": pl.Float64,
+}
+_FINAL_SUMMARY_SCHEMA = {
+    "finite": pl.Int64,
+    "infinite": pl.Int64,
+    "mean": pl.Float64,
+    "sd": pl.Float64,
+}

@@ -1,8 +1,11 @@
 """`collapselab`: run studies and render their reports from the command line.
 
 Study files are validated before anything starts: a bad file costs a one-line error, not a server
-start. Prefect is imported only once its API URL is settled, so this process and every worker
-process talk to the same server.
+start. Every command imports what it needs inside itself, so `--help`, `status`, `verdict`,
+`export` and `server status` load neither Prefect nor scikit-learn nor a model family. `run`
+plans the study first (flows.local): a study whose runs are all stored starts nothing, a small
+one runs in this process, and Prefect is imported only once its API URL is settled, so this
+process and every worker process talk to the same server.
 """
 
 from __future__ import annotations
@@ -10,18 +13,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import polars as pl
 import typer
 from rich.console import Console
 
 import flows  # noqa: F401  (sets the state directory and BLAS threads before numpy loads)
-from collapselab.config import StudyError, check_budget, load_study, parse_byte_size
-from collapselab.tables import RunStatus, describe_counts, describe_superseded
 from flows.environment import prefect_api, running_server, start_server, stop_server
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from collapselab.config import RunSpec, StudyConfig
+    from collapselab.store import Store
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Comparative studies of model collapse."
@@ -37,6 +44,8 @@ READ_WAIT_S = 60.0
 
 
 class RunnerName(StrEnum):
+    auto = "auto"
+    in_process = "in-process"
     processes = "processes"
     threads = "threads"
     dask = "dask"
@@ -47,11 +56,21 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _say(message: str) -> None:
+    console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command()
 def run(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     db: DbOption = Path("collapselab.duckdb"),
-    runner: Annotated[RunnerName, typer.Option(help="Where tasks run.")] = RunnerName.processes,
+    runner: Annotated[
+        RunnerName,
+        typer.Option(
+            help="Where runs run: auto (in-process when the estimated compute is below a "
+            "process pool's start-up, else processes), in-process, processes, threads or dask."
+        ),
+    ] = RunnerName.auto,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Parallel workers (default: all cores).")
     ] = None,
@@ -73,16 +92,16 @@ def run(
         typer.Option(help="Refuse above this estimated peak memory (8GB; overrides max_memory)."),
     ] = None,
 ) -> None:
-    """Run every pending run of STUDY (stored runs are skipped), then render its report."""
+    """Run every pending run of STUDY (stored runs are skipped), then render its report (only
+    when something it shows changed)."""
+    started = time.monotonic()
+    from collapselab.config import StudyError, check_budget, load_study, parse_byte_size
+
+    workers = workers or os.cpu_count() or 1
     try:
-        config, _ = load_study(study)
+        config, study_text = load_study(study)
         memory_limit = None if max_memory is None else parse_byte_size(max_memory)
-        check_budget(
-            config,
-            workers=workers or os.cpu_count() or 1,
-            max_memory=memory_limit,
-            source=str(study),
-        )
+        check_budget(config, workers=workers, max_memory=memory_limit, source=str(study))
     except StudyError as exc:
         _fail(str(exc))
     if dask_address and runner is not RunnerName.dask:
@@ -98,14 +117,167 @@ def run(
             Store(db, wait_s=READ_WAIT_S).studies()
         except StoreError as exc:
             _fail(str(exc))
-    console.print(
-        f"study [bold]{config.name}[/]: {config.run_count} runs ({runner.value} runner)",
-        highlight=False,
-    )
+    store = Store(db, wait_s=READ_WAIT_S, on_wait=_say)
+    deadline = None if time_budget is None else started + time_budget
+    summary: dict[str, Any] | None = None
     try:
+        with store.writer_lock(on_wait=_say):
+            specs = config.run_specs()
+            store.save_study(
+                name=config.name,
+                seed=config.seed,
+                config=config.model_dump(mode="json"),
+                study_text=study_text,
+                run_ids=[spec.run_id for spec in specs],
+            )
+            done = store.done_run_ids(config.name)
+            pending = [spec for spec in specs if spec.run_id not in done]
+            _say(
+                f"study {config.name}: {len(specs)} runs, {len(done)} already stored, "
+                f"{len(pending)} to run"
+            )
+            chosen = _choose_runner(runner, pending, store=store, workers=workers)
+            if chosen == RunnerName.in_process:
+                summary = _run_here(
+                    config,
+                    store=store,
+                    specs=specs,
+                    done=done,
+                    pending=pending,
+                    batch_size=batch_size,
+                    deadline=deadline,
+                    started=started,
+                )
+    except StoreError as exc:  # the disk filled, the file went read-only... mid-study
+        _fail(f"{exc} (runs ingested before this are stored: run the same command to resume)")
+    except KeyboardInterrupt:  # while planning or probing: nothing is half-stored
+        console.print("interrupted; run the same command to resume", highlight=False)
+        raise typer.Exit(130) from None
+    if summary is None:  # Prefect's runners: the flow plans again under its own lock
+        summary = _run_flow(
+            study,
+            db=db,
+            runner=chosen,
+            workers=workers,
+            dask_address=dask_address,
+            time_budget=None if deadline is None else max(0.0, deadline - time.monotonic()),
+            batch_size=batch_size,
+            report=report,
+            reports_dir=reports_dir,
+            memory_limit=memory_limit,
+        )
+    elif report and "interrupted" not in summary and "store_error" not in summary:
+        from collapselab.store import study_folder
+        from flows.local import refresh_report
+
+        try:
+            folder = study_folder(reports_dir, config.name, db=db)
+            path, rendered = refresh_report(store, config.name, folder)
+        except StoreError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"cannot write the report under {reports_dir}: {exc.strerror or exc}")
+        except KeyboardInterrupt:  # the runs are stored; `report` renders it later
+            console.print("interrupted; run the same command to resume", highlight=False)
+            raise typer.Exit(130) from None
+        summary["report" if rendered else "report_unchanged"] = path
+    _print_summary(config.name, summary)
+
+
+def _choose_runner(
+    runner: RunnerName, pending: list[RunSpec], *, store: Store, workers: int
+) -> RunnerName:
+    """The runner given, or for `auto` the one measured costs favour; says which in one line."""
+    if not pending:
+        _say("runner: none (every run is stored)")
+        return RunnerName.in_process
+    if runner is not RunnerName.auto:
+        _say(f"runner: {runner.value} (--runner)")
+        return runner
+    from flows.local import choose_runner
+
+    server_needed = not os.environ.get("PREFECT_API_URL") and running_server() is None
+    choice = choose_runner(pending, store=store, workers=workers, server_needed=server_needed)
+    _say(choice.describe())
+    return RunnerName(choice.runner)
+
+
+def _run_here(
+    config: StudyConfig,
+    *,
+    store: Store,
+    specs: list[RunSpec],
+    done: set[str],
+    pending: list[RunSpec],
+    batch_size: int | None,
+    deadline: float | None,
+    started: float,
+) -> dict[str, Any]:
+    """The pending runs in this process (no Prefect, no pool), ingested as the flow would."""
+    from collapselab.tables import RunStatus
+    from flows.local import Interrupts, progress_bar, run_in_process
+
+    def crashed(label: str, exc: Exception) -> None:
+        _say(f"batch {label} crashed: {type(exc).__name__}: {exc}")
+
+    with (
+        Interrupts(arm_grace=True) as interrupts,
+        progress_bar(len(pending), show=bool(pending)) as advance,
+    ):
+        statuses = run_in_process(
+            pending,
+            store=store,
+            batch_size=batch_size,
+            deadline=deadline,
+            interrupts=interrupts,
+            stored_before=len(done),
+            progress=advance,
+            on_crash=crashed,
+        )
+    ran = sum(statuses[s.value] for s in RunStatus)
+    summary: dict[str, Any] = {
+        "study": config.name,
+        "db": str(store.path.resolve()),
+        "runs": len(specs),
+        "skipped": len(done),
+        **statuses,
+        "pending": len(pending) - ran,
+        "seconds": round(time.monotonic() - started, 2),
+        "grid": store.counts(config.name),
+    }
+    if interrupts.signum is not None:
+        summary["interrupted"] = interrupts.signum
+    return summary
+
+
+def _run_flow(
+    study: Path,
+    *,
+    db: Path,
+    runner: RunnerName,
+    workers: int,
+    dask_address: str | None,
+    time_budget: float | None,
+    batch_size: int | None,
+    report: bool,
+    reports_dir: Path,
+    memory_limit: int | None,
+) -> dict[str, Any]:
+    """The study flow on a Prefect runner, with its start-up measured part by part (printed, and
+    for the processes runner remembered for the next choice of runner)."""
+    from collapselab.store import StoreError
+
+    server_needed = not os.environ.get("PREFECT_API_URL") and running_server() is None
+    timing: dict[str, float] = {}
+    try:
+        before = time.monotonic()
         with prefect_api():
+            timing["server_s"] = time.monotonic() - before if server_needed else 0.0
+            before = time.monotonic()
             from flows.study import study_flow
 
+            timing["import_s"] = time.monotonic() - before
+            before = time.monotonic()
             summary = study_flow(
                 study=str(study),
                 db=str(db),
@@ -119,32 +291,67 @@ def run(
                 show_progress=True,
                 max_memory=memory_limit,
             )
+            if "flow_started" in summary:
+                timing["flow_s"] = summary["flow_started"] - before
+            before = time.monotonic()
+        timing["stop_s"] = time.monotonic() - before
     except KeyboardInterrupt:  # while the server or flow started, or the report rendered
         console.print("interrupted; run the same command to resume", highlight=False)
         raise typer.Exit(130) from None
     except StoreError as exc:  # the disk filled, the file went read-only... mid-study
         _fail(f"{exc} (runs ingested before this are stored: run the same command to resume)")
+    except typer.Exit:
+        raise
+    except Exception as exc:  # tasks crashed after their retries (the flow run failed)
+        _fail(f"{exc}", code=1)
+    if "pool_s" in summary:
+        timing["pool_s"] = summary["pool_s"]
+    start_up = sum(timing.get(part, 0.0) for part in ("import_s", "server_s", "flow_s", "pool_s"))
+    _say(
+        f"start-up: {start_up:.2f} s (imports {timing['import_s']:.2f} s, server "
+        f"{timing['server_s']:.2f} s, flow {timing.get('flow_s', 0.0):.2f} s, workers "
+        f"{timing.get('pool_s', 0.0):.2f} s); stop {timing['stop_s']:.2f} s"
+    )
+    if runner is RunnerName.processes and "pool_s" in timing:
+        from flows.local import remember_start_up
+
+        remember_start_up(
+            {part: value for part, value in timing.items() if part != "server_s" or server_needed},
+            workers=min(workers, summary.get("runs", workers) or workers),
+        )
+    return summary
+
+
+def _print_summary(name: str, summary: dict[str, Any]) -> None:
+    """What a `run` ends with, whichever runner ran it: counts, superseded runs, where things
+    are; an interrupt or a store fault as its one line and exit code."""
+    from collapselab.tables import RunStatus, describe_counts, describe_superseded
 
     if "store_error" in summary:  # disk full, a read-only file...: what was ingested is stored
         _fail(f"{summary['store_error']} (runs ingested before this are stored)")
     ran = sum(summary[s.value] for s in RunStatus)
     if "interrupted" in summary:  # the pool and any temporary server are stopped by now
-        from flows.study import interrupted_message
+        from flows.local import interrupted_message
 
-        stored = summary["skipped"] + ran
-        console.print(interrupted_message(stored, summary["pending"]), highlight=False)
+        _say(interrupted_message(summary["skipped"] + ran, summary["pending"]))
         raise typer.Exit(128 + summary["interrupted"])
-    console.print(
-        f"{config.name}: {describe_counts(summary['grid'])} "
-        f"({summary['skipped']} already stored, {ran} run now, {summary['seconds']} s)",
-        highlight=False,
-        soft_wrap=True,
+    _say(
+        f"{name}: {describe_counts(summary['grid'])} "
+        f"({summary['skipped']} already stored, {ran} run now, {summary['seconds']} s)"
     )
-    if superseded := describe_superseded(config.name, summary["grid"]["superseded"]):
-        console.print(superseded, highlight=False, markup=False, soft_wrap=True)
-    console.print(f"database: {summary['db']}", highlight=False)
+    if superseded := describe_superseded(name, summary["grid"]["superseded"]):
+        _say(superseded)
+    _say(f"database: {summary['db']}")
     if "report" in summary:
-        console.print(f"report:   {Path(summary['report']).resolve()}", highlight=False)
+        _say(f"report:   {Path(summary['report']).resolve()}")
+    elif "report_unchanged" in summary:
+        _say(f"report unchanged: {Path(summary['report_unchanged']).resolve()}")
+    if summary.get("crashed_batches"):
+        _fail(
+            f"{summary['crashed_batches']} batch(es) crashed; their runs stay pending: run the "
+            "same command to retry them",
+            code=1,
+        )
 
 
 @app.command()
@@ -159,8 +366,9 @@ def report(
 ) -> None:
     """Re-render reports from the database alone, without re-running anything (and without a
     Prefect server: the library renders them here)."""
+    from collapselab.report.from_store import write_study_report  # no Prefect
     from collapselab.store import StoreError, study_folder
-    from tasks.report import write_study_report
+    from flows.local import record_report, report_fingerprint
 
     if study is not None:
         try:
@@ -172,7 +380,9 @@ def report(
     try:
         folders = [study_folder(out, name, db=db) for name in names]  # all checked first
         for name, folder in zip(names, folders, strict=True):
+            fingerprint = report_fingerprint(store, name)  # what `run` compares before rendering
             paths.append(write_study_report(str(db), name, str(folder), store=store))
+            record_report(folder, fingerprint)
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -185,7 +395,9 @@ def report(
 def retry(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     db: DbOption = Path("collapselab.duckdb"),
-    runner: Annotated[RunnerName, typer.Option(help="Where tasks run.")] = RunnerName.processes,
+    runner: Annotated[
+        RunnerName, typer.Option(help="Where runs run (as `run --runner`).")
+    ] = RunnerName.auto,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Parallel workers (default: all cores).")
     ] = None,
@@ -231,7 +443,10 @@ def status(
 ) -> None:
     """Counts of each study's current grid (the file its latest `run` used), superseded runs
     kept, and the failed runs with their errors."""
+    import polars as pl
+
     from collapselab.store import StoreError
+    from collapselab.tables import RunStatus, describe_counts, describe_superseded
 
     store, names = _studies(db, study)
     records = []
@@ -340,6 +555,8 @@ def verdict(
     """Which strategies collapse: per model x strategy, runs collapsed (share with its 95%
     Wilson interval), median onset, early warnings (hits, false alarms and their rate, median
     lead). The report's numbers, from the database alone."""
+    import polars as pl
+
     from collapselab.store import StoreError
     from collapselab.verdict import study_verdict
 
@@ -365,8 +582,11 @@ def verdict(
 
 def _print_verdict(frame: pl.DataFrame, counts: dict[str, dict[str, int]]) -> None:
     """One rich table per study, titled with its grid's counts."""
+    import polars as pl
     from rich.markup import escape
     from rich.table import Table
+
+    from collapselab.tables import describe_counts, describe_superseded
 
     def number(value, digits: int = 0) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
@@ -534,7 +754,7 @@ def validate(
     from rich.markup import escape
     from rich.table import Table
 
-    from collapselab.config import RunSpec
+    from collapselab.config import StudyError, load_study
     from collapselab.validate import references, table_rows, validate_study
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from collapselab.store import Store, study_folder
-from tasks.report import render_study_report
+from flows.local import record_report, report_fingerprint
 
 
 def _run_name() -> str:
@@ -18,10 +18,16 @@ def _run_name() -> str:
 def report_flow(
     db: str = "collapselab.duckdb", study: str | None = None, out: str = "reports"
 ) -> list[str]:
-    """Render `<out>/<study>/index.html` for one study, or for every study in the database."""
-    names = [study] if study else Store(db).studies()["name"].to_list()
+    """Render `<out>/<study>/index.html` for one study, or for every study in the database, and
+    remember what each was made from (a `run` with nothing new then leaves it as it is)."""
+    from tasks.report import render_study_report  # the rendering stack, only when rendering
+
+    store = Store(db)
+    names = [study] if study else store.studies()["name"].to_list()
     folders = [study_folder(out, name, db=db) for name in names]  # all checked before any write
-    return [
-        render_study_report(db, name, str(folder))
-        for name, folder in zip(names, folders, strict=True)
-    ]
+    paths = []
+    for name, folder in zip(names, folders, strict=True):
+        fingerprint = report_fingerprint(store, name)  # before rendering: a later ingest shows
+        paths.append(render_study_report(db, name, str(folder)))
+        record_report(folder, fingerprint)
+    return paths

@@ -22,61 +22,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from collapselab.chain import plan_batches
 from collapselab.config import RunSpec, StudyConfig, check_budget, load_study
-from collapselab.store import Store, StoreError
+from collapselab.store import Store, StoreError, study_folder
 from collapselab.tables import RunStatus, describe_counts, describe_superseded
 from flows.environment import pool_worker_init
+from flows.local import (
+    GRACE_S,
+    Interrupts,
+    empty_statuses,
+    interrupted_message,
+    progress_bar,
+    record_report,
+    report_fingerprint,
+    report_is_current,
+    run_in_process,
+)
 from flows.report import report_flow
 from tasks.chains import ingest, run_chains
 
-Runner = Literal["threads", "processes", "dask"]
+__all__ = ["Interrupts", "interrupted_message", "make_task_runner", "study_flow"]
+
+Runner = Literal["threads", "processes", "dask", "in-process"]
 DEFAULT_DB = "collapselab.duckdb"
-#: Seconds in-flight tasks get to finish after the first Ctrl-C/SIGTERM before they are dropped.
-GRACE_S = 10.0
 #: How often the flow wakes to look for an interrupt or a cancellation from Prefect.
 POLL_S = 0.5
-
-
-def interrupted_message(stored: int, pending: int) -> str:
-    return f"interrupted: {stored} runs stored, {pending} pending; run the same command to resume"
-
-
-class Interrupts:
-    """First Ctrl-C/SIGTERM: ask the flow to stop (it drains, ingests and returns); second: exit
-    at once. Installed inside the flow body because Prefect's engine replaces the SIGTERM
-    handler when the flow starts; only the main thread may install handlers."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
-        self.on_exit: Callable[[], None] = lambda: None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Interrupts:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. a deployment's worker): no handlers
-                break
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-    def request(self, signum: int) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.signum is None:
-            self.signum = signum
-            return
-        # the second one: stop the workers and leave now; an ingest cut short is one
-        # uncommitted transaction, which DuckDB discards
-        stored, pending = self.counts()
-        self.on_exit()
-        os.write(2, (interrupted_message(stored, pending) + "\n").encode())
-        os._exit(128 + self.signum)
 
 
 def make_task_runner(runner: Runner, workers: int, dask_address: str | None = None) -> TaskRunner:
@@ -196,17 +164,35 @@ def _run_study(
             runner,
             workers,
         )
-        with Interrupts() as interrupts:
-            statuses = _run_and_ingest(
-                batches,
-                db=db,
-                task_runner=make_task_runner(runner, workers, dask_address),
-                window=2 * workers,
-                deadline=deadline,
-                show_progress=show_progress,
-                interrupts=interrupts,
-                stored_before=len(done),
-            )
+        timing: dict[str, float] = {}
+        if runner == "in-process":  # no pool: the same batches and rows, here
+            with (
+                Interrupts(arm_grace=True) as interrupts,
+                progress_bar(len(pending), show=show_progress) as advance,
+            ):
+                statuses = run_in_process(
+                    pending,
+                    store=store,
+                    batch_size=batch_size,
+                    deadline=deadline,
+                    interrupts=interrupts,
+                    stored_before=len(done),
+                    progress=advance,
+                    on_crash=lambda label, exc: logger.error("batch %s crashed: %r", label, exc),
+                )
+        else:
+            with Interrupts() as interrupts:
+                statuses = _run_and_ingest(
+                    batches,
+                    db=db,
+                    task_runner=make_task_runner(runner, workers, dask_address),
+                    window=2 * workers,
+                    deadline=deadline,
+                    show_progress=show_progress,
+                    interrupts=interrupts,
+                    stored_before=len(done),
+                    timing=timing,
+                )
 
     ran = sum(statuses[s.value] for s in RunStatus)
     summary: dict[str, Any] = {
@@ -219,6 +205,9 @@ def _run_study(
         "seconds": round(time.monotonic() - started, 2),
         # the whole current grid after this run, as `status` counts it
         "grid": store.counts(config.name),
+        # when the flow's body began, and its first worker's start: the CLI weighs start-up
+        "flow_started": started,
+        **timing,
     }
     if "store_error" in statuses:  # the CLI shows it; what was ingested before stays stored
         logger.error("study %s: %s", config.name, statuses["store_error"])
@@ -226,8 +215,14 @@ def _run_study(
     if interrupts.signum is not None:  # the CLI says what was stored; the report waits for the end
         summary["interrupted"] = interrupts.signum
         return summary
-    if report:
-        summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
+    if report:  # rendered again only when its rows, config or code changed
+        folder = study_folder(reports_dir, config.name, db=db)
+        fingerprint = report_fingerprint(store, config.name)
+        if report_is_current(folder, fingerprint):
+            summary["report_unchanged"] = str(folder / "index.html")
+        else:
+            summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
+            record_report(folder, fingerprint)
     _publish_artifacts(store, config.name, summary)
     logger.info("study %s: %s", config.name, describe_counts(summary["grid"]))
     if superseded := describe_superseded(config.name, summary["grid"]["superseded"]):
@@ -279,15 +274,20 @@ def _run_and_ingest(
     show_progress: bool,
     interrupts: Interrupts | None = None,
     stored_before: int = 0,
+    timing: dict[str, float] | None = None,
 ) -> Counter:
     """Keep `window` tasks in flight; ingest each task's rows as soon as it completes.
 
     On an interrupt it stops submitting, gives the tasks in flight `GRACE_S` to finish (each
     finished one is ingested), then stops the pool without waiting for the rest.
+    `timing["pool_s"]` gets the first task's latency beyond its runs' compute: a worker's start
+    (its imports), which the runner choice weighs.
     """
     logger = get_run_logger()
     interrupts = interrupts or Interrupts()
-    statuses: Counter = Counter({**{s.value: 0 for s in RunStatus}, "crashed_batches": 0})
+    timing = timing if timing is not None else {}
+    statuses = empty_statuses()
+    first_submit: float | None = None
     total = sum(len(b) for b in batches)
 
     def counts() -> tuple[int, int]:
@@ -336,6 +336,7 @@ def _run_and_ingest(
                 )
                 _on_done(future, finished_queue.put)
                 in_flight.append((future, batch))
+                first_submit = first_submit or time.monotonic()
             if not in_flight:
                 logger.warning("time budget spent: %d task(s) left for the next run", len(queue_))
                 break
@@ -358,6 +359,9 @@ def _run_and_ingest(
                 break
             statuses.update(runs["status"].to_list())
             progress.advance(bar, len(batch))
+            if "pool_s" not in timing and first_submit is not None:
+                latency = time.monotonic() - first_submit
+                timing["pool_s"] = max(0.0, latency - float(runs["duration_s"].sum() or 0.0))
     return statuses
 
 

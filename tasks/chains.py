@@ -6,14 +6,9 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from collapselab.chain import (
-    outcomes_to_frames,
-    outcomes_to_provenance,
-    outcomes_to_samples,
-    run_many,
-)
 from collapselab.config import RunSpec
 from collapselab.store import Store, StoreError
+from flows.local import batch_rows
 
 
 @task(
@@ -27,13 +22,8 @@ def run_chains(
     specs: list[RunSpec], label: str
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Run every chain of the batch; return their `runs`, `metrics`, `samples` and `provenance`
-    rows."""
-    outcomes = run_many(specs)
-    return (
-        *outcomes_to_frames(outcomes),
-        outcomes_to_samples(outcomes),
-        outcomes_to_provenance(outcomes),
-    )
+    rows (the same function runs a batch in-process)."""
+    return batch_rows(specs)
 
 
 @task(name="ingest", task_run_name="ingest {label}", cache_policy=NO_CACHE)

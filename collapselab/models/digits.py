@@ -17,21 +17,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
-from scipy.spatial.distance import cdist
-from sklearn.datasets import load_digits
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.mixture import GaussianMixture
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer
 
 from collapselab.data import PooledData, RealData
 from collapselab.metrics import gaussian_wasserstein2_distance
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+if TYPE_CHECKING:  # sklearn is imported where it is used: reading commands stay fast
+    from sklearn.pipeline import Pipeline
 
 PIXELS = 64
 MAX_PIXEL = 16.0
@@ -74,7 +71,19 @@ class DigitsParams(FamilyParams):
 
 @lru_cache(maxsize=1)
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 images (float rows of 64 pixels, 0..16) and their labels, loaded once."""
+    """All 1797 images (float rows of 64 pixels, 0..16) and their labels, loaded once: read
+    from the file `load_digits` reads (the same numbers) without importing scikit-learn, so
+    validating a study (which needs how many images there are) stays fast."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        source = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if source.is_file():
+            table = np.loadtxt(source, delimiter=",")
+            return table[:, :-1].astype(float), table[:, -1].astype(int)
+    from sklearn.datasets import load_digits  # another layout: the loader itself
+
     bunch = load_digits()
     return np.asarray(bunch.data, dtype=float), np.asarray(bunch.target, dtype=int)
 
@@ -93,6 +102,10 @@ def make_evaluation_classifier() -> Pipeline:
     """The evaluation classifier's recipe, unfitted: fixed pixel scaling (not fitted statistics,
     which blow up on generated pixels where real digits never vary) and multinomial logistic
     regression, deterministic (lbfgs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
     return make_pipeline(
         FunctionTransformer(_unit_range),
         LogisticRegression(C=1.0, max_iter=1000),
@@ -115,6 +128,8 @@ class EvaluationTools:
 @lru_cache(maxsize=1)
 def evaluation_tools() -> EvaluationTools:
     """Fitted once per process on all of load_digits (as FID fixes an Inception network)."""
+    from sklearn.decomposition import PCA
+
     images, labels = digit_images()
     pca = PCA(FEATURE_COMPONENTS, svd_solver="full").fit(images)
     return EvaluationTools(
@@ -141,6 +156,8 @@ def class_diversity(images: np.ndarray) -> float:
 def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     """Squared distance from each point to its k-th nearest other point (k capped at the number
     of other points; a lone point gets radius 0, so only exact matches count)."""
+    from scipy.spatial.distance import cdist
+
     k = min(k, len(points) - 1)
     if k < 1:
         return np.zeros(len(points))
@@ -152,6 +169,8 @@ def knn_precision_recall(generated: np.ndarray, real: np.ndarray, *, k: int) -> 
     """Kynkaanniemi et al. 2019: precision is the share of generated points inside some real
     point's k-NN ball (fidelity); recall is the share of real points inside some generated
     point's k-NN ball (coverage). Both in the same feature space."""
+    from scipy.spatial.distance import cdist
+
     cross = cdist(generated, real, "sqeuclidean")
     precision = np.mean(np.any(cross <= _knn_radii(real, k)[None, :], axis=1))
     recall = np.mean(np.any(cross <= _knn_radii(generated, k)[:, None], axis=0))
@@ -226,6 +245,9 @@ class Digits(ModelFamily):
         return PooledData(key=f"sklearn.load_digits(distinct={len(points)})", points=points)
 
     def fit(self, X: np.ndarray) -> Self:
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import GaussianMixture
+
         p = self.params
         X = np.asarray(X, dtype=float)
         if X.ndim != 2 or X.shape[1] != PIXELS or not np.all(np.isfinite(X)):

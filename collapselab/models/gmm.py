@@ -15,13 +15,10 @@ from __future__ import annotations
 import math
 import warnings
 from functools import cached_property
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
-from scipy.special import logsumexp
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from collapselab.data import RealData, SampledData, mixture_key, mixture_sampler
 from collapselab.metrics import (
@@ -30,6 +27,9 @@ from collapselab.metrics import (
     mixture_two_sided_tail,
 )
 from collapselab.models.base import Degenerate, FamilyParams, ModelFamily, register
+
+if TYPE_CHECKING:  # sklearn is imported where a fit needs it: reading commands stay fast
+    from sklearn.mixture import GaussianMixture
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -57,6 +57,8 @@ MAX_COVARIANCE_ENTRIES = 4_000_000
 def tempered_weights(weights: np.ndarray, log_dets: np.ndarray, temperature: float) -> np.ndarray:
     """Component weights of density^(1/T) when components do not overlap: the integral of
     (w N(x; m, S))^(1/T) is proportional to w^(1/T) |S|^((1 - 1/T) / 2)."""
+    from scipy.special import logsumexp
+
     logits = np.log(weights) / temperature + 0.5 * (1.0 - 1.0 / temperature) * log_dets
     return np.exp(logits - logsumexp(logits))
 
@@ -218,6 +220,9 @@ class GaussianMixtureFamily(ModelFamily):
         )
 
     def fit(self, X: np.ndarray) -> Self:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.mixture import GaussianMixture
+
         p = self.params
         if not np.all(np.isfinite(X)):
             raise Degenerate("non-finite training points")

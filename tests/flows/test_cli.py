@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -63,7 +64,10 @@ def test_run_then_report_end_to_end(tmp_path, tiny_study):
     db, reports = tmp_path / "r.duckdb", tmp_path / "reports"
     env = clean_env(tmp_path)
     done = subprocess.run(
-        [CLI, "run", str(study), "--db", str(db), "--reports-dir", str(reports), "--workers", "2"],
+        [
+            *[CLI, "run", str(study), "--db", str(db), "--reports-dir", str(reports)],
+            *["--workers", "2", "--runner", "processes"],
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -85,6 +89,35 @@ def test_run_then_report_end_to_end(tmp_path, tiny_study):
     assert (reports / "tiny" / "index.html").exists()
     # Prefect's state stayed inside the state directory
     assert (tmp_path / "state" / "prefect").is_dir()
+
+
+def test_a_rerun_with_every_run_stored_starts_nothing_and_keeps_the_report(tmp_path, tiny_study):
+    """No Prefect, no pool and no re-render when nothing the report shows changed; a change it
+    shows (a replicate more) renders it again."""
+    from tests.test_imports import command
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(tiny_study))
+    db, reports = tmp_path / "r.duckdb", tmp_path / "reports"
+    args = ["run", str(study), "--db", str(db), "--reports-dir", str(reports)]
+    env = clean_env(tmp_path)
+    code, stderr, _ = command(args, env, Path.cwd())
+    assert code == 0 and "report:" in stderr, stderr[-3000:]
+    page = reports / "tiny" / "index.html"
+    before = page.stat().st_mtime_ns, page.read_bytes()
+
+    code, stderr, loaded = command(args, env, Path.cwd())
+    assert code == 0, stderr[-3000:]
+    assert not [m for m in loaded if m.split(".")[0] in ("prefect", "sklearn")], loaded
+    assert "runner: none (every run is stored)" in stderr
+    assert f"report unchanged: {page.resolve()}" in stderr
+    assert (page.stat().st_mtime_ns, page.read_bytes()) == before
+
+    tiny_study["replicates"] += 1
+    study.write_text(yaml.safe_dump(tiny_study))
+    code, stderr, _ = command(args, env, Path.cwd())
+    assert code == 0 and f"report:   {page.resolve()}" in stderr, stderr[-3000:]
+    assert page.read_bytes() != before[1]
 
 
 @pytest.fixture

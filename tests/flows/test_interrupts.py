@@ -54,10 +54,11 @@ def stored_run_ids(db: Path) -> set[str]:
         return set()
 
 
-def wait_until_stored(process: subprocess.Popen, lines: list[str]) -> None:
-    """Until the first batch is ingested (the progress bar moved), bounded."""
+def wait_until_stored(process: subprocess.Popen, lines: list[str], db: Path) -> None:
+    """Until the first batch is ingested (Prefect logs it; in-process, the database shows it),
+    bounded."""
     deadline = time.monotonic() + 240
-    while not any("Task run 'ingest" in line for line in lines):
+    while not any("Task run 'ingest" in line for line in lines) and not stored_run_ids(db):
         assert process.poll() is None, "".join(lines)[-3000:]
         assert time.monotonic() < deadline, "no batch stored in time"
         time.sleep(0.2)
@@ -169,6 +170,8 @@ def assert_interrupted_then_resumed(
         ("threads", "main", signal.SIGINT, 130),
         ("processes", "main", signal.SIGTERM, 143),
         ("dask", "group", signal.SIGINT, 130),
+        ("in-process", "group", signal.SIGINT, 130),  # no pool, no Prefect: the same contract
+        ("in-process", "main", signal.SIGTERM, 143),
     ],
 )
 def test_first_signal_stores_what_finished_and_resume_completes(
@@ -177,7 +180,7 @@ def test_first_signal_stores_what_finished_and_resume_completes(
     study, _ = reference
     db = tmp_path / "interrupted.duckdb"
     process, lines = start(study, db, runner, clean_env(tmp_path))
-    wait_until_stored(process, lines)
+    wait_until_stored(process, lines, db)
     if target == "group":
         os.killpg(process.pid, signum)
     else:
@@ -190,7 +193,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path, reference):
     study, reference_db = reference
     db = tmp_path / "twice.duckdb"
     process, lines = start(study, db, "processes", clean_env(tmp_path))
-    wait_until_stored(process, lines)
+    wait_until_stored(process, lines, db)
     os.killpg(process.pid, signal.SIGINT)
     time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)
@@ -208,7 +211,7 @@ def test_sigkill_leaves_no_worker_behind(tmp_path, reference):
     study, _ = reference
     db = tmp_path / "killed.duckdb"
     process, lines = start(study, db, "processes", clean_env(tmp_path))
-    wait_until_stored(process, lines)
+    wait_until_stored(process, lines, db)
     assert any("multiprocessing" in command for command in ours(tmp_path))  # the pool is up
     process.send_signal(signal.SIGKILL)
     finish(process, lines)
@@ -233,7 +236,7 @@ def test_cancelled_from_prefect_stops_the_same_way(tmp_path):
     try:
         db = tmp_path / "cancelled.duckdb"
         process, lines = start(study, db, "threads", env)
-        wait_until_stored(process, lines)
+        wait_until_stored(process, lines, db)
         flow_run = subprocess.run(
             [str(BIN / "python"), "-c", RUNNING_FLOW_RUN],
             env={**env, "PREFECT_HOME": str(tmp_path / "state" / "prefect")},

@@ -54,7 +54,8 @@ def test_report_writes_only_under_out(tmp_path, tiny_study):
     out = tmp_path / "reports"
     result = CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["tiny", "tiny/index.html"]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert written == ["tiny", "tiny/.fingerprint", "tiny/index.html"]  # what it was made from
     bad = CliRunner().invoke(app, ["report", "--db", str(db), "--study", "../tiny"])
     assert bad.exit_code == 2 and len(lines_of(bad)) == 1 and "not a valid study name" in bad.output
 

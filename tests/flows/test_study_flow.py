@@ -43,13 +43,14 @@ def test_study_flow_stores_every_run_and_renders_the_report(tmp_path, study_file
 
 def test_runners_give_identical_numbers(tmp_path, study_file):
     results = {}
-    for runner in ("threads", "processes", "dask"):
+    for runner in ("threads", "processes", "dask", "in-process"):
         db = tmp_path / f"{runner}.duckdb"
         run(study_file, db, tmp_path / runner, runner=runner, workers=2, report=False)
         results[runner] = Store(db).tidy("tiny").select("run_id", "generation", "metric", "value")
     assert results["threads"].height > 0
     assert results["threads"].equals(results["processes"])
     assert results["threads"].equals(results["dask"])
+    assert results["threads"].equals(results["in-process"])
 
 
 def test_time_budget_leaves_work_pending_then_resumes(tmp_path, study_file, tiny_study):
