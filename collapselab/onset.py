@@ -111,7 +111,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import special
 
 Direction = Literal["below", "above"]
 Trend = Literal["log", "linear"]
@@ -297,28 +297,58 @@ def thresholds_frame(thresholds: Mapping[str, list[Threshold]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"family": pl.String, "metric": pl.String, "rule": pl.String})
 
 
-def _past_runs(past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) indices of each stretch of consecutive True values."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], past.astype(np.int8), [0]))))
-    return edges[0::2], edges[1::2]
+#: "None" in the integer arrays of the vectorised judgement (later than any generation).
+NEVER = np.iinfo(np.int64).max // 4
+#: Runs judged at once: bounds the (runs x generations) arrays of a study of millions of rows.
+CELLS_PER_BLOCK = 2_000_000
 
 
-def _crossing(
-    past: np.ndarray, persistence: int, degenerate: bool
-) -> tuple[int | None, int | None]:
-    """(confirmed, open) crossing indices of one indicator: the first stretch past the level that
-    lasts `persistence` values or, in a run that degenerated, lasts until it ended; and the start
-    of a final stretch too short to be confirmed because the run ended first."""
-    starts, ends = _past_runs(past)
-    confirmed = (ends - starts >= persistence) | (degenerate & (ends == past.size))
-    first = int(starts[np.argmax(confirmed)]) if confirmed.any() else None
-    trailing = starts.size and ends[-1] == past.size and not confirmed[-1]
-    return first, (int(starts[-1]) if trailing else None)
+def _stretches(past: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stretch of consecutive True values in each row of `past`: (row, start, end
+    exclusive), ordered by row then start."""
+    rows, width = past.shape
+    padded = np.zeros((rows, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = past
+    edges = np.diff(padded, axis=1)
+    start_rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)
+    return start_rows, starts, ends
+
+
+def _first(rows: int, row_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row, the smallest of `values` at that row (NEVER where it has none)."""
+    first = np.full(rows, NEVER, dtype=np.int64)
+    np.minimum.at(first, row_index, values)
+    return first
+
+
+def _crossings(
+    past: np.ndarray, size: np.ndarray, degenerate: np.ndarray, persistence: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per run (row): the confirmed crossing, the start of the first stretch past the level that
+    lasts `persistence` values or, in a run that degenerated, lasts until it ended; and the open
+    one, the start of a final stretch too short to confirm because the run ended first
+    (NEVER = none). Values past a run's end are NaN, so no stretch runs beyond it."""
+    rows, starts, ends = _stretches(past)
+    at_end = ends == size[rows]
+    confirmed = (ends - starts >= persistence) | (degenerate[rows] & at_end)
+    open_ = at_end & ~confirmed
+    return (
+        _first(past.shape[0], rows[confirmed], starts[confirmed]),
+        _first(past.shape[0], rows[open_], starts[open_]),
+    )
+
+
+def _first_streaks(fires: np.ndarray, agree: int) -> np.ndarray:
+    """Per row, the first index at which `fires` has held for `agree` consecutive indices."""
+    rows, starts, ends = _stretches(fires)
+    long_enough = ends - starts >= agree
+    return _first(fires.shape[0], rows[long_enough], starts[long_enough] + agree - 1)
 
 
 def _trend_fires(
     values: np.ndarray,
-    level: float,
+    level: np.ndarray,
     direction: Direction,
     *,
     window: int,
@@ -327,56 +357,57 @@ def _trend_fires(
     confidence: float,
     trend: Trend = "log",
 ) -> np.ndarray:
-    """Per index g: whether the one-sided `confidence` prediction bound at g + horizon of a
-    least-squares line through log(values) of the last `span` (at least `window`) indices up to g
-    lies past log(level). Any non-positive, missing or infinite value in the span: no."""
-    size = values.size
-    fires = np.zeros(size, dtype=bool)
+    """Per run (row) and index g: whether the one-sided `confidence` prediction bound at
+    g + horizon of a least-squares line through log(values) (the values themselves for a
+    linear trend) of the last `span` (at least `window`) indices up to g lies past the row's
+    level. Any non-positive, missing or infinite value in the span: no. Rolling sums along the
+    rows, so every run's numbers are those of a line fitted to it alone."""
+    rows, width = values.shape
+    fires = np.zeros((rows, width), dtype=bool)
     logarithmic = trend == "log"
-    if size < window or not math.isfinite(level) or (logarithmic and level <= 0):
+    if width < window:
         return fires
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(values) if logarithmic else values.astype(float)
+        target_level = np.log(level) if logarithmic else level.astype(float)
+    valid_level = np.isfinite(level) & ((level > 0) if logarithmic else True)
     good = np.isfinite(y)
     y = np.where(good, y, 0.0)
-    x = np.arange(size, dtype=float)
+    x = np.arange(width, dtype=float)
+    ends = np.arange(window - 1, width)
+    starts = np.maximum(0, ends - span + 1)
 
     def window_sums(a: np.ndarray) -> np.ndarray:
-        c = np.concatenate(([0.0], np.cumsum(a)))
-        return c[ends + 1] - c[starts]
+        c = np.concatenate((np.zeros((*a.shape[:-1], 1)), np.cumsum(a, axis=-1)), axis=-1)
+        return c[..., ends + 1] - c[..., starts]
 
-    ends = np.arange(window - 1, size)
-    starts = np.maximum(0, ends - span + 1)
     m = (ends - starts + 1).astype(float)
     complete = window_sums((~good).astype(float)) == 0
     sx, sy = window_sums(x), window_sums(y)
     sxx = window_sums(x * x) - sx * sx / m
     sxy = window_sums(x * y) - sx * sy / m
     syy = window_sums(y * y) - sy * sy / m
-    slope = sxy / sxx
-    x_mean, y_mean = sx / m, sy / m
-    target = ends + horizon
-    predicted = y_mean + slope * (target - x_mean)
-    residual = np.maximum(syy - slope * sxy, 0.0) / (m - 2)
-    spread = np.sqrt(residual * (1 + 1 / m + (target - x_mean) ** 2 / sxx))
-    bound = stats.t.ppf(confidence, m - 2) * spread
-    target_level = math.log(level) if logarithmic else level
-    below = direction == "below"
-    past = (predicted + bound < target_level) if below else (predicted - bound > target_level)
-    fires[ends] = complete & past
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = sxy / sxx
+        x_mean, y_mean = sx / m, sy / m
+        target = ends + horizon
+        predicted = y_mean + slope * (target - x_mean)
+        residual = np.maximum(syy - slope * sxy, 0.0) / (m - 2)
+        spread = np.sqrt(residual * (1 + 1 / m + (target - x_mean) ** 2 / sxx))
+        # Student t quantile (scipy.stats.t.ppf's own kernel, without importing scipy.stats)
+        bound = special.stdtrit(m - 2, confidence) * spread
+        level_column = np.where(valid_level, target_level, np.nan)[:, None]
+        if direction == "below":
+            past = predicted + bound < level_column
+        else:
+            past = predicted - bound > level_column
+    fires[:, ends] = complete & past
     return fires
 
 
 def _own(setting, default):
     """A threshold's own setting, or the run-wide default when it has none."""
     return default if setting is None else setting
-
-
-def _first_streak(fires: np.ndarray, agree: int) -> int | None:
-    """The first index at which `fires` has held for `agree` consecutive indices."""
-    starts, ends = _past_runs(fires)
-    long_enough = ends - starts >= agree
-    return int(starts[np.argmax(long_enough)] + agree - 1) if long_enough.any() else None
 
 
 def _check(persistence: int, window: int, horizon: int, span: int, confidence: float, agree: int):
@@ -413,9 +444,13 @@ def onset_by_run(
     (a crossing the run ended too soon to confirm, when no onset), last_generation, warning (the
     first, before the onset) and warning_outcome ("hit" / "false alarm").
 
-    `tidy` needs run_id, generation, metric, value (Store.tidy); `runs` needs run_id, family,
-    model, strategy_label, replicate, status, degenerate_generation (Store.runs)."""
+    `tidy` needs run_id, generation, metric, value (Store.tidy, or only the indicator metrics'
+    rows: Store.metric_rows); `runs` needs run_id, family, model, strategy_label, replicate,
+    status, degenerate_generation (Store.runs), and may carry each run's `last_generation` over
+    all its metrics (Store.run_reach) when `tidy` holds only some metrics. Judged as arrays of
+    runs x generations, a block of runs at a time: no Python loop per run."""
     _check(persistence, window, horizon, span, confidence, agree)
+    given_reach = "last_generation" in runs.columns
     spine = runs.filter(pl.col("status") != FAILED).select(
         "run_id",
         "family",
@@ -423,111 +458,115 @@ def onset_by_run(
         "strategy_label",
         "replicate",
         "status",
-        "degenerate_generation",
+        pl.col("degenerate_generation").cast(pl.Int64),
+        *([pl.col("last_generation").cast(pl.Int64)] if given_reach else []),
     )
-    metrics = tidy.select("run_id", "generation", "metric", "value").join(
-        spine.select("run_id"), on="run_id", how="semi"
-    )
-    last = metrics.group_by("run_id").agg(last_generation=pl.col("generation").max())
-    wanted = pl.DataFrame(
-        [{"metric": t.metric} for items in thresholds.values() for t in items],
-        schema={"metric": pl.String},
-    ).unique()
-    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for (run_id, metric), group in (
-        metrics.join(wanted, on="metric", how="semi")
-        .sort("run_id", "metric", "generation")
-        .group_by(["run_id", "metric"], maintain_order=True)
-    ):
-        series.setdefault(run_id, {})[metric] = (
-            group["generation"].to_numpy(),
-            group["value"].to_numpy().astype(float),
-        )
-    rows = []
-    for run in spine.join(last, on="run_id", how="left").iter_rows(named=True):
-        degenerate = run["status"] in DEGENERATE_STATUSES
-        found = _judge_run(
-            series.get(run["run_id"], {}),
-            thresholds.get(run["family"], []),
-            last_generation=run["last_generation"],
-            degenerate_at=(
-                (
-                    run["degenerate_generation"]
-                    if run["degenerate_generation"] is not None
-                    else (run["last_generation"] if run["last_generation"] is not None else -1) + 1
+    wanted = sorted({t.metric for items in thresholds.values() for t in items})
+    metrics = tidy.select(
+        pl.col("run_id"),
+        pl.col("generation").cast(pl.Int64),
+        pl.col("metric"),
+        pl.col("value").cast(pl.Float64),
+    ).join(spine.select("run_id"), on="run_id", how="semi")
+    if not given_reach:
+        last = metrics.group_by("run_id").agg(last_generation=pl.col("generation").max())
+        spine = spine.join(last, on="run_id", how="left")
+    metrics = metrics.filter(pl.col("metric").is_in(wanted))
+    judged = []
+    for (family,), runs_of_family in spine.sort("run_id").group_by("family", maintain_order=True):
+        family_thresholds = thresholds.get(family, [])
+        width = int(runs_of_family["last_generation"].max() or -1) + 1
+        block = max(1, CELLS_PER_BLOCK // max(width, 1))
+        for offset in range(0, runs_of_family.height, block):
+            part = runs_of_family.slice(offset, block)
+            judged.append(
+                _judge_runs(
+                    part,
+                    metrics.join(part.select("run_id"), on="run_id", how="semi"),
+                    family_thresholds,
+                    persistence=persistence,
+                    window=window,
+                    horizon=horizon,
+                    span=span,
+                    confidence=confidence,
+                    agree=agree,
                 )
-                if degenerate
-                else None
-            ),
-            persistence=persistence,
-            window=window,
-            horizon=horizon,
-            span=span,
-            confidence=confidence,
-            agree=agree,
-        )
-        rows.append(
-            {
-                "run_id": run["run_id"],
-                "family": run["family"],
-                "model": run["model"],
-                "strategy_label": run["strategy_label"],
-                "replicate": run["replicate"],
-                **found,
-                "last_generation": run["last_generation"],
-            }
-        )
-    return pl.DataFrame(rows, schema=ONSET_SCHEMA).sort(
-        "family", "model", "strategy_label", "replicate", "run_id"
+            )
+    if not judged:
+        return pl.DataFrame(schema=ONSET_SCHEMA)
+    return (
+        pl.concat(judged)
+        .select(list(ONSET_SCHEMA))
+        .cast(ONSET_SCHEMA)
+        .sort("family", "model", "strategy_label", "replicate", "run_id")
     )
 
 
-def _judge_run(
-    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+def _judge_runs(
+    spine: pl.DataFrame,
+    metrics: pl.DataFrame,
     thresholds: list[Threshold],
     *,
-    last_generation: int | None,
-    degenerate_at: int | None,
     persistence: int,
     window: int,
     horizon: int,
     span: int,
     confidence: float,
     agree: int,
-) -> dict[str, Any]:
-    """onset, indicator, unconfirmed, warning, warning_outcome of one run."""
-    size = (last_generation + 1) if last_generation is not None else 0
-    crossings: list[tuple[int, int, str]] = []  # (generation, order in the list, metric)
-    open_crossings: list[int] = []
-    streams: list[tuple[Threshold, np.ndarray, float]] = []
+) -> pl.DataFrame:
+    """onset, indicator, unconfirmed, warning, warning_outcome of runs of one family, as arrays
+    (row i = spine's run i, column g = generation g; NaN where a run has no value)."""
+    count = spine.height
+    last = spine["last_generation"].fill_null(-1).to_numpy().astype(np.int64)
+    size = last + 1
+    degenerate = spine["status"].is_in(list(DEGENERATE_STATUSES)).to_numpy()
+    degenerate_at = np.where(
+        spine["degenerate_generation"].is_null().to_numpy(),
+        last + 1,  # a degenerate run that did not say where: just after its last generation
+        spine["degenerate_generation"].fill_null(0).to_numpy().astype(np.int64),
+    )
+    width = max([int(size.max(initial=0)), 1, *(t.baseline for t in thresholds)])
+    rows = metrics.join(
+        spine.select("run_id").with_row_index("row"), on="run_id", how="inner"
+    ).with_columns(pl.col("row").cast(pl.Int64))
+    onset = np.full(count, NEVER, dtype=np.int64)
+    indicator = np.full(count, -1, dtype=np.int64)
+    open_crossing = np.full(count, NEVER, dtype=np.int64)
+    streams = []
     for order, threshold in enumerate(thresholds):
-        if threshold.metric not in series:
-            continue
-        generations, raw = series[threshold.metric]
-        values = np.full(size, np.nan)
-        values[generations] = raw  # a generation without a value is never past any level
+        chosen = rows.filter(pl.col("metric") == threshold.metric)
+        row_index, generation = chosen["row"].to_numpy(), chosen["generation"].to_numpy()
+        inside = generation < size[row_index]
+        values = np.full((count, width), np.nan)
+        values[row_index[inside], generation[inside]] = chosen["value"].to_numpy()[inside]
         if threshold.relative:
-            base = values[: threshold.baseline]
-            if base.size < threshold.baseline or not np.isfinite(base).all():
-                continue  # no complete baseline to be relative to
-            level = threshold.level(float(base.mean()))
+            base = values[:, : threshold.baseline]
+            usable = np.isfinite(base).all(axis=1)  # a complete baseline to be relative to
+            with np.errstate(invalid="ignore"):
+                level = np.where(usable, threshold.value * base.mean(axis=1), np.nan)
         else:
-            level = threshold.level(math.nan)
-        past = threshold.past(values, level)
-        confirmed, pending = _crossing(
-            past, _own(threshold.persistence, persistence), degenerate_at is not None
+            usable = np.ones(count, dtype=bool)
+            level = np.full(count, threshold.value, dtype=float)
+        with np.errstate(invalid="ignore"):
+            past = threshold.past(values, level[:, None]) & usable[:, None]
+        confirmed, pending = _crossings(
+            past, size, degenerate, _own(threshold.persistence, persistence)
         )
-        if confirmed is not None:
-            crossings.append((confirmed, order, threshold.metric))
-        if pending is not None:
-            open_crossings.append(pending)
-        streams.append((threshold, values, level))
-    first = min(crossings, default=None)
-    onset, indicator = (first[0], first[2]) if first else (None, None)
-    if degenerate_at is not None and (onset is None or degenerate_at < onset):
-        onset, indicator = degenerate_at, DEGENERATE
-    warning = None
-    for threshold, values, level in streams:
+        earlier = confirmed < onset  # ties keep the first indicator in the family's list
+        onset = np.where(earlier, confirmed, onset)
+        indicator = np.where(earlier, order, indicator)
+        open_crossing = np.minimum(open_crossing, pending)
+        streams.append((threshold, values, level, usable))
+    by_degenerate = degenerate & ((onset == NEVER) | (degenerate_at < onset))
+    onset = np.where(by_degenerate, degenerate_at, onset)
+    names = [t.metric for t in thresholds]
+    indicator_names = [
+        DEGENERATE if by_degenerate[i] else (names[k] if k >= 0 else None)
+        for i, k in enumerate(indicator.tolist())
+    ]
+    warning = np.full(count, NEVER, dtype=np.int64)
+    columns = np.arange(width)
+    for threshold, values, level, usable in streams:
         fires = _trend_fires(
             values,
             level,
@@ -538,21 +577,26 @@ def _judge_run(
             confidence=_own(threshold.confidence, confidence),
             trend=threshold.trend,
         )
-        if onset is not None:
-            fires[onset:] = False
-        streak = _first_streak(fires, _own(threshold.agree, agree))
-        if streak is not None and (warning is None or streak < warning):
-            warning = streak
-    outcome = None
-    if warning is not None:
-        outcome = HIT if onset is not None and onset - warning <= horizon else FALSE_ALARM
-    return {
-        "onset": onset,
-        "indicator": indicator,
-        "unconfirmed": min(open_crossings) if onset is None and open_crossings else None,
-        "warning": warning,
-        "warning_outcome": outcome,
-    }
+        fires &= usable[:, None] & (columns[None, :] < onset[:, None])
+        warning = np.minimum(warning, _first_streaks(fires, _own(threshold.agree, agree)))
+    collapsed, warned = onset != NEVER, warning != NEVER
+    hit = warned & collapsed & (onset - warning <= horizon)
+    return spine.select(
+        "run_id", "family", "model", "strategy_label", "replicate", "last_generation"
+    ).with_columns(
+        onset=_nullable(onset, collapsed),
+        indicator=pl.Series("indicator", indicator_names, dtype=pl.String),
+        unconfirmed=_nullable(open_crossing, ~collapsed & (open_crossing != NEVER)),
+        warning=_nullable(warning, warned),
+        warning_outcome=pl.Series(np.where(hit, HIT, FALSE_ALARM), dtype=pl.String).set(
+            pl.Series(~warned), None
+        ),
+    )
+
+
+def _nullable(values: np.ndarray, present: np.ndarray) -> pl.Series:
+    """An Int64 series of `values`, null where not `present`."""
+    return pl.Series(np.where(present, values, 0), dtype=pl.Int64).set(pl.Series(~present), None)
 
 
 def _wilson(successes: pl.Expr, trials: pl.Expr, z: float = 1.959964) -> tuple[pl.Expr, pl.Expr]:

@@ -28,9 +28,13 @@ ONSET_EXPORT_COLUMNS = (
 
 
 def study_onsets(store: Store, study: str) -> pl.DataFrame:
-    """onset.onset_by_run over the study's current grid, with a leading `study` column."""
+    """onset.onset_by_run over the study's current grid, with a leading `study` column. Reads
+    only the indicator metrics' rows (filtered in DuckDB) and each run's last generation, never
+    the whole metrics table."""
     thresholds = onset.thresholds_from_config(store.study_config(study) or {})
-    onsets = onset.onset_by_run(store.tidy(study), store.runs(study), thresholds)
+    wanted = sorted({t.metric for items in thresholds.values() for t in items})
+    runs = store.runs(study).join(store.run_reach(study), on="run_id", how="left")
+    onsets = onset.onset_by_run(store.metric_rows(study, wanted), runs, thresholds)
     return onsets.select(pl.lit(study, dtype=pl.String).alias("study"), pl.all())
 
 

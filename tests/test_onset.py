@@ -577,3 +577,333 @@ def test_onset_distribution_matches_the_variance_random_walk():
         observed = np.mean(onsets <= t)
         se = math.sqrt(expected * (1 - expected) / replicates + expected * (1 - expected) / paths)
         assert abs(observed - expected) < 4 * se, (t, observed, expected)
+
+
+# --- the vectorised judgement gives the numbers of the former per-run loop ---------------------
+# The former implementation, kept verbatim as the oracle: one run at a time, 1-D numpy.
+
+from collections.abc import Mapping  # noqa: E402
+
+from scipy import stats  # noqa: E402
+
+from collapselab.onset import (  # noqa: E402
+    CONFIDENCE,
+    DEGENERATE,
+    DEGENERATE_STATUSES,
+    FAILED,
+    FALSE_ALARM,
+    HIT,
+    ONSET_SCHEMA,
+    SPAN,
+    Direction,
+    Trend,
+)
+
+
+def _past_runs(past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of each stretch of consecutive True values."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], past.astype(np.int8), [0]))))
+    return edges[0::2], edges[1::2]
+
+
+def _crossing(
+    past: np.ndarray, persistence: int, degenerate: bool
+) -> tuple[int | None, int | None]:
+    """(confirmed, open) crossing indices of one indicator: the first stretch past the level that
+    lasts `persistence` values or, in a run that degenerated, lasts until it ended; and the start
+    of a final stretch too short to be confirmed because the run ended first."""
+    starts, ends = _past_runs(past)
+    confirmed = (ends - starts >= persistence) | (degenerate & (ends == past.size))
+    first = int(starts[np.argmax(confirmed)]) if confirmed.any() else None
+    trailing = starts.size and ends[-1] == past.size and not confirmed[-1]
+    return first, (int(starts[-1]) if trailing else None)
+
+
+def _trend_fires(
+    values: np.ndarray,
+    level: float,
+    direction: Direction,
+    *,
+    window: int,
+    span: int,
+    horizon: int,
+    confidence: float,
+    trend: Trend = "log",
+) -> np.ndarray:
+    """Per index g: whether the one-sided `confidence` prediction bound at g + horizon of a
+    least-squares line through log(values) of the last `span` (at least `window`) indices up to g
+    lies past log(level). Any non-positive, missing or infinite value in the span: no."""
+    size = values.size
+    fires = np.zeros(size, dtype=bool)
+    logarithmic = trend == "log"
+    if size < window or not math.isfinite(level) or (logarithmic and level <= 0):
+        return fires
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(values) if logarithmic else values.astype(float)
+    good = np.isfinite(y)
+    y = np.where(good, y, 0.0)
+    x = np.arange(size, dtype=float)
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        c = np.concatenate(([0.0], np.cumsum(a)))
+        return c[ends + 1] - c[starts]
+
+    ends = np.arange(window - 1, size)
+    starts = np.maximum(0, ends - span + 1)
+    m = (ends - starts + 1).astype(float)
+    complete = window_sums((~good).astype(float)) == 0
+    sx, sy = window_sums(x), window_sums(y)
+    sxx = window_sums(x * x) - sx * sx / m
+    sxy = window_sums(x * y) - sx * sy / m
+    syy = window_sums(y * y) - sy * sy / m
+    slope = sxy / sxx
+    x_mean, y_mean = sx / m, sy / m
+    target = ends + horizon
+    predicted = y_mean + slope * (target - x_mean)
+    residual = np.maximum(syy - slope * sxy, 0.0) / (m - 2)
+    spread = np.sqrt(residual * (1 + 1 / m + (target - x_mean) ** 2 / sxx))
+    bound = stats.t.ppf(confidence, m - 2) * spread
+    target_level = math.log(level) if logarithmic else level
+    below = direction == "below"
+    past = (predicted + bound < target_level) if below else (predicted - bound > target_level)
+    fires[ends] = complete & past
+    return fires
+
+
+def _own(setting, default):
+    """A threshold's own setting, or the run-wide default when it has none."""
+    return default if setting is None else setting
+
+
+def _first_streak(fires: np.ndarray, agree: int) -> int | None:
+    """The first index at which `fires` has held for `agree` consecutive indices."""
+    starts, ends = _past_runs(fires)
+    long_enough = ends - starts >= agree
+    return int(starts[np.argmax(long_enough)] + agree - 1) if long_enough.any() else None
+
+
+def reference_onset_by_run(
+    tidy: pl.DataFrame,
+    runs: pl.DataFrame,
+    thresholds: Mapping[str, list[Threshold]],
+    *,
+    persistence: int = PERSISTENCE,
+    window: int = WINDOW,
+    horizon: int = HORIZON,
+    span: int = SPAN,
+    confidence: float = CONFIDENCE,
+    agree: int = AGREE,
+) -> pl.DataFrame:
+    """The former implementation, one run at a time in Python (ONSET_SCHEMA):
+    onset (null = not within its generations), indicator (metric, or "degenerate"), unconfirmed
+    (a crossing the run ended too soon to confirm, when no onset), last_generation, warning (the
+    first, before the onset) and warning_outcome ("hit" / "false alarm").
+
+    `tidy` needs run_id, generation, metric, value (Store.tidy); `runs` needs run_id, family,
+    model, strategy_label, replicate, status, degenerate_generation (Store.runs)."""
+    spine = runs.filter(pl.col("status") != FAILED).select(
+        "run_id",
+        "family",
+        "model",
+        "strategy_label",
+        "replicate",
+        "status",
+        "degenerate_generation",
+    )
+    metrics = tidy.select("run_id", "generation", "metric", "value").join(
+        spine.select("run_id"), on="run_id", how="semi"
+    )
+    last = metrics.group_by("run_id").agg(last_generation=pl.col("generation").max())
+    wanted = pl.DataFrame(
+        [{"metric": t.metric} for items in thresholds.values() for t in items],
+        schema={"metric": pl.String},
+    ).unique()
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for (run_id, metric), group in (
+        metrics.join(wanted, on="metric", how="semi")
+        .sort("run_id", "metric", "generation")
+        .group_by(["run_id", "metric"], maintain_order=True)
+    ):
+        series.setdefault(run_id, {})[metric] = (
+            group["generation"].to_numpy(),
+            group["value"].to_numpy().astype(float),
+        )
+    rows = []
+    for run in spine.join(last, on="run_id", how="left").iter_rows(named=True):
+        degenerate = run["status"] in DEGENERATE_STATUSES
+        found = _judge_run(
+            series.get(run["run_id"], {}),
+            thresholds.get(run["family"], []),
+            last_generation=run["last_generation"],
+            degenerate_at=(
+                (
+                    run["degenerate_generation"]
+                    if run["degenerate_generation"] is not None
+                    else (run["last_generation"] if run["last_generation"] is not None else -1) + 1
+                )
+                if degenerate
+                else None
+            ),
+            persistence=persistence,
+            window=window,
+            horizon=horizon,
+            span=span,
+            confidence=confidence,
+            agree=agree,
+        )
+        rows.append(
+            {
+                "run_id": run["run_id"],
+                "family": run["family"],
+                "model": run["model"],
+                "strategy_label": run["strategy_label"],
+                "replicate": run["replicate"],
+                **found,
+                "last_generation": run["last_generation"],
+            }
+        )
+    return pl.DataFrame(rows, schema=ONSET_SCHEMA).sort(
+        "family", "model", "strategy_label", "replicate", "run_id"
+    )
+
+
+def _judge_run(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    thresholds: list[Threshold],
+    *,
+    last_generation: int | None,
+    degenerate_at: int | None,
+    persistence: int,
+    window: int,
+    horizon: int,
+    span: int,
+    confidence: float,
+    agree: int,
+) -> dict[str, Any]:
+    """onset, indicator, unconfirmed, warning, warning_outcome of one run."""
+    size = (last_generation + 1) if last_generation is not None else 0
+    crossings: list[tuple[int, int, str]] = []  # (generation, order in the list, metric)
+    open_crossings: list[int] = []
+    streams: list[tuple[Threshold, np.ndarray, float]] = []
+    for order, threshold in enumerate(thresholds):
+        if threshold.metric not in series:
+            continue
+        generations, raw = series[threshold.metric]
+        values = np.full(size, np.nan)
+        values[generations] = raw  # a generation without a value is never past any level
+        if threshold.relative:
+            base = values[: threshold.baseline]
+            if base.size < threshold.baseline or not np.isfinite(base).all():
+                continue  # no complete baseline to be relative to
+            level = threshold.level(float(base.mean()))
+        else:
+            level = threshold.level(math.nan)
+        past = threshold.past(values, level)
+        confirmed, pending = _crossing(
+            past, _own(threshold.persistence, persistence), degenerate_at is not None
+        )
+        if confirmed is not None:
+            crossings.append((confirmed, order, threshold.metric))
+        if pending is not None:
+            open_crossings.append(pending)
+        streams.append((threshold, values, level))
+    first = min(crossings, default=None)
+    onset, indicator = (first[0], first[2]) if first else (None, None)
+    if degenerate_at is not None and (onset is None or degenerate_at < onset):
+        onset, indicator = degenerate_at, DEGENERATE
+    warning = None
+    for threshold, values, level in streams:
+        fires = _trend_fires(
+            values,
+            level,
+            threshold.direction,
+            window=window,
+            span=span,
+            horizon=horizon,
+            confidence=_own(threshold.confidence, confidence),
+            trend=threshold.trend,
+        )
+        if onset is not None:
+            fires[onset:] = False
+        streak = _first_streak(fires, _own(threshold.agree, agree))
+        if streak is not None and (warning is None or streak < warning):
+            warning = streak
+    outcome = None
+    if warning is not None:
+        outcome = HIT if onset is not None and onset - warning <= horizon else FALSE_ALARM
+    return {
+        "onset": onset,
+        "indicator": indicator,
+        "unconfirmed": min(open_crossings) if onset is None and open_crossings else None,
+        "warning": warning,
+        "warning_outcome": outcome,
+    }
+
+
+def random_runs(seed: int, count: int = 120) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Runs of every kind the rules tell apart: declines at random rates with noise, lengths
+    from 1 to G + 1 generations, degenerate runs (some without a generation), failed runs, gaps,
+    infinities, zeros and runs without one of the indicators."""
+    rng = np.random.default_rng(seed)
+    runs, rows = [], []
+    for index in range(count):
+        family = ["gaussian", "linear-regression", "categorical"][index % 3]
+        length = int(rng.integers(1, G + 2))
+        status = rng.choice(["completed", "degenerate", "failed"], p=[0.75, 0.2, 0.05])
+        degenerate_generation = (
+            (length if rng.random() < 0.8 else None) if status == "degenerate" else None
+        )
+        runs.append(
+            {
+                "run_id": f"r{index:03d}",
+                "family": family,
+                "model": family,
+                "strategy_label": ["replace", "accumulate"][index % 2],
+                "replicate": index,
+                "status": str(status),
+                "degenerate_generation": degenerate_generation,
+            }
+        )
+        for metric in ("variance_ratio", "tail_mass_ratio", "weight_sq_error", "vocab_survival"):
+            if rng.random() < 0.1:
+                continue  # this run has no such metric
+            rate = rng.uniform(-0.15, 0.1)
+            values = np.exp(rate * np.arange(length) + rng.normal(0, 0.15, length))
+            values[rng.random(length) < 0.03] = np.inf
+            values[rng.random(length) < 0.02] = 0.0
+            for generation, value in enumerate(values):
+                if rng.random() < 0.03:
+                    continue  # a generation without a value
+                rows.append((f"r{index:03d}", generation, metric, float(value)))
+    tidy = pl.DataFrame(
+        rows, schema={"run_id": pl.String, "generation": pl.Int64, "metric": pl.String,
+                      "value": pl.Float64}, orient="row",
+    )  # fmt: skip
+    return tidy, pl.DataFrame(runs, schema_overrides={"degenerate_generation": pl.Int64})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_onsets_equal_the_former_per_run_loop(seed: int) -> None:
+    tidy, runs = random_runs(seed)
+    thresholds = {
+        **default_thresholds(),
+        "gaussian": [
+            Threshold("variance_ratio", "below", 0.5),
+            Threshold("tail_mass_ratio", "below", 0.6, relative=True, baseline=2, agree=1),
+        ],
+    }
+    options = [{}, {"persistence": 1, "span": 5, "agree": 1}, {"horizon": 3, "confidence": 0.8}]
+    for option in options:
+        expected = reference_onset_by_run(tidy, runs, thresholds, **option)
+        assert onset_by_run(tidy, runs, thresholds, **option).equals(expected), option
+    collapsed = expected.filter(pl.col("onset").is_not_null())
+    assert 0 < collapsed.height < expected.height  # both outcomes occur: the test can fail
+    assert expected["warning"].is_not_null().any() and expected["unconfirmed"].is_not_null().any()
+    # only the indicator rows and each run's reach, as the store gives them: the same numbers
+    reach = tidy.group_by("run_id").agg(last_generation=pl.col("generation").max())
+    indicators = tidy.filter(pl.col("metric").is_in(["variance_ratio", "vocab_survival"]))
+    thresholds.pop("linear-regression")
+    thresholds["gaussian"] = thresholds["gaussian"][:1]
+    assert onset_by_run(indicators, runs.join(reach, on="run_id", how="left"), thresholds).equals(
+        reference_onset_by_run(tidy, runs, thresholds)
+    )

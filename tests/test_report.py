@@ -387,8 +387,11 @@ def test_long_chains_are_drawn_at_every_kth_generation() -> None:
     )
     runs, tidy = frames_of(study)
     page = render(tidy, runs)
-    assert "Drawn every 3 generations and at the last one (601 generations)." in page
+    assert "Drawn every 4 generations and at the last one (601 generations)." in page
     assert page.count("<svg") == 7
+    lines = re.findall(r'<path class="line"[^>]* d="(M[^"]*)"', page)
+    vertices = [len(re.findall(r"-?(?:\d+\.?\d*|\.\d+)", path)) // 2 for path in lines]
+    assert vertices and 50 < max(vertices) <= 151  # 0, 4, ..., 600: no more than ~200
 
 
 def _samples(runs: pl.DataFrame, kind: str, items: list) -> pl.DataFrame:
@@ -510,3 +513,128 @@ def test_provenance_is_drawn_per_strategy_and_references_are_overlaid() -> None:
     assert page.count("Wide pale line, replace: closed form") == 2
     assert "largest deviation of the simulation" in page
     assert "pale line, accumulate" not in page
+
+
+# --- the report reads aggregates computed in DuckDB --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A study with infinities, degenerate runs, a failed run, samples, provenance and a
+    superseded run, stored in a real database and kept in memory too."""
+    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+    from collapselab.store import Store
+
+    study = parse_study(
+        {
+            "name": "stored",
+            "seed": 3,
+            "generations": 25,
+            "replicates": 3,
+            "samples_per_generation": 20,
+            "test_size": 50,
+            "models": [{"family": "gaussian"}, {"family": "categorical", "vocab_size": 50}],
+            "strategies": ["replace", "accumulate", {"name": "replace", "temperature": 0.3}],
+        }
+    )
+    outcomes = run_many(study.run_specs())
+    runs, metrics = outcomes_to_frames(outcomes)
+    labels = runs.select("run_id", "family", "model", "strategy_label", "replicate")
+    failed = runs["run_id"][0]
+    runs = runs.with_columns(
+        status=pl.when(pl.col("run_id") == failed).then(pl.lit("failed")).otherwise("status"),
+        error=pl.when(pl.col("run_id") == failed).then(pl.lit("boom")).otherwise("error"),
+    )
+    metrics = metrics.with_columns(  # some infinite values, as a blown-up NLL stores them
+        value=pl.when((pl.col("metric") == "test_nll") & (pl.col("generation") % 7 == 3))
+        .then(float("inf"))
+        .otherwise("value")
+    )
+    samples = outcomes_to_samples(outcomes)
+    provenance = outcomes_to_provenance(outcomes)
+    db = tmp_path_factory.mktemp("stored") / "results.duckdb"
+    store = Store(db)
+    store.save_study(
+        name=study.name,
+        seed=study.seed,
+        config=study.model_dump(mode="json"),
+        study_text="name: stored\n",
+        run_ids=[*runs["run_id"].to_list()[1:], failed],
+    )
+    store.ingest(runs, metrics, samples, provenance)
+    superseded = runs.head(1).with_columns(run_id=pl.lit("superseded-run"))
+    store.ingest(superseded, metrics.head(50).with_columns(run_id=pl.lit("superseded-run")))
+    tidy = tidy_frame(runs, metrics)
+    return {
+        "store": store,
+        "study": study,
+        "runs": runs,
+        "tidy": tidy,
+        "samples": samples.join(labels, on="run_id"),
+        "provenance": provenance.join(labels, on="run_id"),
+    }
+
+
+def same(left: pl.DataFrame, right: pl.DataFrame, keys: list[str]) -> None:
+    """Equal frames up to row order and float rounding (DuckDB and polars sum in other orders)."""
+    from polars.testing import assert_frame_equal
+
+    assert_frame_equal(
+        left.sort(keys), right.select(left.columns).sort(keys), check_exact=False, rtol=1e-9
+    )
+
+
+def test_store_aggregates_equal_those_of_the_whole_table(stored: dict[str, Any]) -> None:
+    from collapselab.onset import default_thresholds
+    from collapselab.report.aggregates import from_frames
+    from collapselab.report.from_store import report_data
+
+    store, name = stored["store"], stored["study"].name
+    thresholds = default_thresholds()
+    from_store = report_data(store, name, thresholds)
+    in_memory = from_frames(
+        stored["tidy"],
+        stored["runs"],
+        samples=stored["samples"],
+        provenance=stored["provenance"],
+        indicator_metrics=["variance_ratio", "tail_mass_ratio", "vocab_survival"],
+    )
+    summary = from_store.metric_summary
+    assert summary["points"].sum() == stored["tidy"].height  # superseded rows left out
+    assert (summary["points"] > summary["finite"]).any()  # the infinities are counted apart
+    keys = ["model", "strategy_label", "metric"]
+    same(from_store.metric_summary, in_memory.metric_summary, [*keys, "generation"])
+    same(from_store.final_summary, in_memory.final_summary, keys)
+    same(from_store.run_reach, in_memory.run_reach, ["run_id"])
+    same(from_store.indicators, in_memory.indicators, ["run_id", "metric", "generation"])
+    assert set(from_store.indicators["metric"].unique()) == {
+        "variance_ratio", "tail_mass_ratio", "vocab_survival"
+    }  # fmt: skip
+    same(
+        from_store.samples.drop("items"), in_memory.samples.drop("items"), ["run_id", "generation"]
+    )
+    assert from_store.samples["replicate"].unique().to_list() == [0]  # only what galleries show
+    same(from_store.provenance, in_memory.provenance, [*keys[:2], "generation", "origin"])
+
+
+def test_the_page_from_the_store_shows_the_verdict_of_collapselab_verdict(
+    stored: dict[str, Any], tmp_path: Path
+) -> None:
+    from collapselab.onset import default_thresholds, onset_by_run
+    from collapselab.report.from_store import write_study_report
+    from collapselab.verdict import study_onsets, study_verdict
+
+    store, name = stored["store"], stored["study"].name
+    whole_table = onset_by_run(stored["tidy"], stored["runs"], default_thresholds())
+    assert study_onsets(store, name).drop("study").equals(whole_table)  # indicators only: same
+    page = Path(write_study_report(str(store.path), name, str(tmp_path), store=store)).read_text()
+    verdict = study_verdict(store, name)
+    shown = verdict_table_rows(page)
+    assert len(shown) == verdict.height == 6
+    for row in verdict.iter_rows(named=True):
+        cells = shown[(row["model"], row["strategy_label"])]
+        assert cells[:3] == [str(row[k]) for k in ("rank", "runs", "collapsed")]
+    assert "1 superseded run kept (not counted)" in page
+    assert "1 failed run(s) are left out" in page
+    assert page.count('class="gallery"') == 4  # provenance and samples of both models
+    assert "(+" in page and "× ∞)" in page and "were infinite" in page

@@ -8,13 +8,12 @@ mailed as a single file and still read in ten years. Every name that comes from 
 
 Parts: `page` (assembly and template), `verdict` (the answer matrix and verdict table), `tables`
 (run counts, final generation), `figures` (metric figures), `galleries` (samples), `provenance`,
-`metrics_info` (how each metric is shown), `style` (palette, plot style), `svg` (inline SVG).
+`metrics_info` (how each metric is shown), `style` (palette, plot style), `chart` (the SVG
+plotter), `svg` (a figure block), `aggregates` (what the page reads: summaries, not the
+metrics table).
 """
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports render in headless workers; must precede any pyplot import
-
+from collapselab.report.aggregates import ReportData, from_frames
 from collapselab.report.metrics_info import METRICS, MetricInfo, describe_metric
 from collapselab.report.page import TIDY_COLUMNS, render_report
 from collapselab.report.style import StrategyStyle, strategy_palette, strategy_styles
@@ -23,8 +22,10 @@ __all__ = [
     "METRICS",
     "TIDY_COLUMNS",
     "MetricInfo",
+    "ReportData",
     "StrategyStyle",
     "describe_metric",
+    "from_frames",
     "render_report",
     "strategy_palette",
     "strategy_styles",

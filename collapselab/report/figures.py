@@ -1,4 +1,7 @@
-"""One figure per metric and model: a line per strategy with its confidence band."""
+"""One figure per metric and model: a line per strategy with its confidence band.
+
+Drawn from Store.metric_summary's counts, means and standard deviations (collapselab.report.
+aggregates), so a figure costs the same whatever the number of replicates."""
 
 from __future__ import annotations
 
@@ -7,25 +10,19 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
+from collapselab.report import chart
+from collapselab.report.aggregates import METRIC_SUMMARY_SCHEMA
 from collapselab.report.metrics_info import MetricInfo, describe_metric
-from collapselab.report.style import (
-    BAND_Z,
-    FIGURE_SIZE_IN,
-    MAX_GENERATIONS_DRAWN,
-    PLOT_STYLE,
-    StrategyStyle,
-)
-from collapselab.report.svg import FigureBlock, inline_svg
+from collapselab.report.style import BAND_Z, MAX_GENERATIONS_DRAWN, StrategyStyle
+from collapselab.report.svg import FigureBlock
 from collapselab.report.tables import format_number
-from collapselab.theory import describe_reference, max_deviation_in_se, reference_curve
+from collapselab.theory import describe_reference, reference_curve
+
+#: The plotting box of a metric figure in its 640 px wide viewBox.
+PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, PLOT_HEIGHT = 64.0, 26.0, 560.0, 290.0
 
 
 def _y_scale(info: MetricInfo, means: pl.Series) -> Literal["linear", "log"]:
@@ -40,27 +37,38 @@ def _y_scale(info: MetricInfo, means: pl.Series) -> Literal["linear", "log"]:
     return "linear"
 
 
-def band_frame(finite: pl.DataFrame, domain: tuple[float | None, float | None]) -> pl.DataFrame:
-    """Per strategy and generation: runs, mean and the band mean ± 1.96 se (sample sd over runs
-    / sqrt(runs)) clipped to the metric's domain, so a non-negative metric's band never dips
-    below 0 and a share's stays within [0, 1]. One run gives no band (low and high null)."""
+def bands(summary: pl.DataFrame, domain: tuple[float | None, float | None]) -> pl.DataFrame:
+    """Per strategy and generation of a metric summary (strategy_label, generation, finite, mean,
+    sd): runs, mean and the band mean ± 1.96 se (sd / sqrt(runs)) clipped to the metric's domain,
+    so a non-negative metric's band never dips below 0 and a share's stays within [0, 1]. One run
+    gives no band (low and high null); a generation without a finite value is left out."""
     low_bound, high_bound = domain
-    half = BAND_Z * pl.col("value").std() / pl.col("value").count().sqrt()
-    bands = (
-        finite.group_by("strategy_label", "generation")
-        .agg(
-            runs=pl.col("value").count(),
-            mean=pl.col("value").mean(),
-            low=pl.col("value").mean() - half,
-            high=pl.col("value").mean() + half,
+    half = BAND_Z * pl.col("sd") / pl.col("finite").sqrt()
+    frame = (
+        summary.filter(pl.col("finite") > 0)
+        .select(
+            "strategy_label",
+            "generation",
+            pl.col("finite").alias("runs"),
+            "mean",
+            low=pl.col("mean") - half,
+            high=pl.col("mean") + half,
         )
         .sort("strategy_label", "generation")
     )
     if low_bound is not None:
-        bands = bands.with_columns(pl.col("low").clip(lower_bound=low_bound))
+        frame = frame.with_columns(pl.col("low").clip(lower_bound=low_bound))
     if high_bound is not None:
-        bands = bands.with_columns(pl.col("high").clip(upper_bound=high_bound))
-    return bands
+        frame = frame.with_columns(pl.col("high").clip(upper_bound=high_bound))
+    return frame
+
+
+def band_frame(finite: pl.DataFrame, domain: tuple[float | None, float | None]) -> pl.DataFrame:
+    """`bands` of raw values (strategy_label, generation, value: one row per run)."""
+    summary = finite.group_by("strategy_label", "generation").agg(
+        finite=pl.col("value").count(), mean=pl.col("value").mean(), sd=pl.col("value").std()
+    )
+    return bands(summary, domain)
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,31 @@ class Reference:
     max_deviation_se: float
 
 
-def reference_curves(frame: pl.DataFrame, run_params: pl.DataFrame | None) -> list[Reference]:
+def max_deviation_in_se(
+    summary: pl.DataFrame, expected: np.ndarray, generations: np.ndarray
+) -> float:
+    """collapselab.theory.max_deviation_in_se from a metric summary: the largest |mean -
+    expected| / (sd / sqrt(count)) over generations with at least two finite values, sd > 0 and
+    a finite prediction; NaN when none qualifies."""
+    predictions = pl.DataFrame(
+        {"generation": generations.astype(np.int64), "prediction": expected.astype(float)}
+    ).filter(pl.col("prediction").is_finite())
+    z = (
+        summary.filter((pl.col("finite") >= 2) & (pl.col("sd") > 0))
+        .join(predictions, on="generation", how="inner")
+        .select(
+            ((pl.col("mean") - pl.col("prediction")) / (pl.col("sd") / pl.col("finite").sqrt()))
+            .abs()
+            .max()
+        )
+        .item()
+    )
+    return math.nan if z is None else float(z)
+
+
+def reference_curves(summary: pl.DataFrame, run_params: pl.DataFrame | None) -> list[Reference]:
     """Closed forms (collapselab.theory) that match a strategy's parameters, per metric."""
-    if run_params is None or run_params.is_empty() or frame.is_empty():
+    if run_params is None or run_params.is_empty() or summary.is_empty():
         return []
     references = []
     for label, params_json in run_params.iter_rows():
@@ -90,33 +120,32 @@ def reference_curves(frame: pl.DataFrame, run_params: pl.DataFrame | None) -> li
             generations=generations,
         )
         for metric, expected in curves.items():
-            observed = frame.filter(
+            observed = summary.filter(
                 (pl.col("strategy_label") == label) & (pl.col("metric") == metric)
-            ).select("generation", "value")
+            )
             if observed.is_empty():
                 continue
+            expected = np.asarray(expected, dtype=float)
             references.append(
                 Reference(
                     strategy_label=label,
                     metric=metric,
                     generations=generations,
-                    expected=np.asarray(expected, dtype=float),
+                    expected=expected,
                     description=describe_reference(
                         model=params["model"],
                         strategy=params["strategy"],
                         n=int(params["n"]),
                         metric=metric,
                     ),
-                    max_deviation_se=max_deviation_in_se(
-                        observed, np.asarray(expected, dtype=float), generations=generations
-                    ),
+                    max_deviation_se=max_deviation_in_se(observed, expected, generations),
                 )
             )
     return references
 
 
 def metric_figure(
-    frame: pl.DataFrame,
+    summary: pl.DataFrame,
     *,
     metric: str,
     anchor: str,
@@ -125,33 +154,34 @@ def metric_figure(
     styles: dict[str, StrategyStyle],
     references: list[Reference] | None = None,
 ) -> FigureBlock:
-    """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG."""
+    """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG.
+    `summary`: the metric's rows of Store.metric_summary for one model."""
+    if summary.is_empty():
+        summary = pl.DataFrame(schema=METRIC_SUMMARY_SCHEMA)
     info = describe_metric(metric)
-    infinite = frame.filter(~pl.col("value").is_finite())
-    total = frame.height
-    generations = frame["generation"].n_unique() if total else 0
-    frame, step = _thin_generations(frame)
-    finite = frame.filter(pl.col("value").is_finite())
-    bands = band_frame(finite, info.domain)
-    drawn = [label for label in labels if label in set(frame["strategy_label"].to_list())]
-    scale = _y_scale(info, bands["mean"])
-    with plt.rc_context(PLOT_STYLE):
-        figure, axes = plt.subplots(figsize=FIGURE_SIZE_IN, layout="constrained")
-        try:
-            _draw_lines(figure, axes, bands, info=info, scale=scale, drawn=drawn, styles=styles)
-            for reference in references or []:
-                axes.plot(  # wide and pale: unlike any strategy's line, under the simulation
-                    reference.generations,
-                    reference.expected,
-                    linewidth=5,
-                    alpha=0.3,
-                    solid_capstyle="round",
-                    color=styles[reference.strategy_label].colour,
-                    zorder=1.5,
-                )
-            svg = inline_svg(figure, anchor=anchor, alt=_alt_text(bands, info, model, scale))
-        finally:
-            plt.close(figure)
+    total = int(summary["points"].sum() or 0)
+    infinite = (
+        summary.group_by("strategy_label")
+        .agg(count=(pl.col("points") - pl.col("finite")).sum())
+        .filter(pl.col("count") > 0)
+        .sort("strategy_label")
+    )
+    generations = summary["generation"].n_unique()
+    summary, step = _thin_generations(summary)
+    drawn_bands = bands(summary, info.domain)
+    present = set(summary["strategy_label"].to_list())
+    drawn = [label for label in labels if label in present]
+    scale = _y_scale(info, drawn_bands["mean"])
+    svg = _draw(
+        drawn_bands,
+        info=info,
+        scale=scale,
+        drawn=drawn,
+        styles=styles,
+        references=references or [],
+        anchor=anchor,
+        alt=_alt_text(drawn_bands, info, model, scale),
+    )
     return FigureBlock(
         anchor=anchor,
         title=info.title,
@@ -184,76 +214,82 @@ def _thin_generations(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return frame.filter(keep), step
 
 
-#: About this many markers per line: enough to tell strategies apart, few enough to stay light.
-MARKERS_PER_LINE = 8
-
-
-def _draw_lines(
-    figure: Figure,
-    axes: Axes,
-    bands: pl.DataFrame,
+def _draw(
+    drawn_bands: pl.DataFrame,
     *,
     info: MetricInfo,
-    scale: str,
+    scale: Literal["linear", "log"],
     drawn: list[str],
     styles: dict[str, StrategyStyle],
-) -> None:
-    if bands.is_empty():
-        axes.text(0.5, 0.5, "no finite values", transform=axes.transAxes, ha="center")
+    references: list[Reference],
+    anchor: str,
+    alt: str,
+):
+    """The chart: bands under lines, staggered markers, reference lines, legend below."""
+    values = [drawn_bands["mean"], drawn_bands["low"], drawn_bands["high"]]
+    span = np.concatenate(
+        [v.drop_nulls().to_numpy().astype(float) for v in values]
+        + [
+            np.asarray([info.reference] if info.reference is not None else [], dtype=float),
+            *[r.expected for r in references],
+        ]
+    )
+    if scale == "log":  # a band clipped at 0 is drawn to the bottom, not counted in the range
+        positive = drawn_bands["mean"].drop_nulls()
+        floor = float(positive.min()) / 100 if positive.len() else 0.0
+        span = span[span > floor]
+    last = int(drawn_bands["generation"].max()) if drawn_bands.height else 1
+    axes = chart.Axes(
+        PLOT_LEFT,
+        PLOT_TOP,
+        PLOT_WIDTH,
+        PLOT_HEIGHT,
+        x_range=(-0.02 * max(last, 1), max(last, 1) * 1.02),
+        y_range=chart.padded_range(span, scale),
+        y_scale=scale,
+    )
+    if info.reference is not None:
+        axes.hline(info.reference)
+    for reference in references:
+        axes.line(
+            reference.generations,
+            reference.expected,
+            colour=styles[reference.strategy_label].colour,
+            css="theory",
+        )
+    if drawn_bands.is_empty():
+        axes.text(PLOT_LEFT + PLOT_WIDTH / 2, PLOT_TOP + PLOT_HEIGHT / 2, "no finite values")
+    by_label = {key: rows for (key,), rows in drawn_bands.group_by("strategy_label")}
+    bottom_value = axes.y_range[0]
+    for label in drawn:
+        rows = by_label.get(label)
+        if rows is None:
+            continue
+        colour = styles[label].colour
+        low = rows["low"].to_numpy().astype(float)
+        if scale == "log":
+            low = np.where(low <= bottom_value, bottom_value, low)
+        axes.band(
+            rows["generation"].to_numpy(), low, rows["high"].to_numpy().astype(float), colour=colour
+        )
     for index, label in enumerate(drawn):
-        rows = bands.filter(pl.col("strategy_label") == label)
-        if rows.is_empty():
+        rows = by_label.get(label)
+        if rows is None:
             continue
         style = styles[label]
-        x = rows["generation"].to_numpy()
-        low = rows["low"].to_numpy().astype(float)
-        high = rows["high"].to_numpy().astype(float)
-        banded = np.isfinite(low) & np.isfinite(high)
-        axes.fill_between(
-            x, low, high, where=banded, color=style.colour, alpha=0.18, linewidth=0, zorder=2
-        )
-        step = max(1, round(len(x) / MARKERS_PER_LINE))
-        axes.plot(
-            x,
-            rows["mean"].to_numpy(),
-            color=style.colour,
-            linestyle=style.linestyle,
-            linewidth=1.6,
-            marker=style.marker,
-            markersize=4.5,
-            markevery=(index % step, step),  # staggered, so markers of equal lines do not hide
-            zorder=3,
-        )
-    if info.reference is not None:
-        axes.axhline(info.reference, color="0.35", linewidth=0.9, linestyle=":", zorder=1)
-    axes.set_yscale(scale)
-    axes.set_title(info.title)
-    axes.set_xlabel("generation t (model t)")
-    axes.set_ylabel(info.axis_label)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=styles[label].colour,
-            linestyle=styles[label].linestyle,
-            marker=styles[label].marker,
-            markersize=4.5,
-            linewidth=1.6,
-            label=label,
-        )
-        for label in drawn
-    ]
-    if handles:
-        legend = figure.legend(
-            handles=handles,
-            loc="outside lower center",
-            ncols=min(3, len(handles)),
-            frameon=False,
-            handlelength=3,
-        )
-        for text in legend.get_texts():
-            text.set_parse_math(False)  # a label from a study file is shown literally, "$" included
+        x, mean = rows["generation"].to_numpy(), rows["mean"].to_numpy().astype(float)
+        axes.line(x, mean, colour=style.colour, dash=chart.dash_array(style.linestyle))
+        step = max(1, round(len(x) / chart.MARKERS_PER_LINE))
+        every = slice(index % step, None, step)  # staggered, so markers of equal lines do not hide
+        axes.markers(x[every], mean[every], marker=style.marker, colour=style.colour)
+    body = axes.frame(title=info.title, x_label="generation t (model t)", y_label=info.axis_label)
+    legend, height = chart.legend(
+        [chart.strategy_entry(label, styles[label]) for label in drawn],
+        top=PLOT_TOP + PLOT_HEIGHT + 36,
+    )
+    return chart.svg_document(
+        body + legend, height=PLOT_TOP + PLOT_HEIGHT + 40 + height, anchor=anchor, alt=alt
+    )
 
 
 def _alt_text(bands: pl.DataFrame, info: MetricInfo, model: str, scale: str) -> str:
@@ -299,16 +335,10 @@ def _caption(
     if info.reference is not None:
         parts.append(f"Dotted line: {info.reference:g}.")
     if not infinite.is_empty():
-        by_strategy = ", ".join(
-            f"{label}: {count}"
-            for label, count in infinite.group_by("strategy_label")
-            .len()
-            .sort("strategy_label")
-            .iter_rows()
-        )
+        by_strategy = ", ".join(f"{label}: {count}" for label, count in infinite.iter_rows())
         parts.append(
-            f"{infinite.height} of {total} points were infinite and are left out of the plot "
-            f"({by_strategy})."
+            f"{int(infinite['count'].sum())} of {total} points were infinite and are left out of "
+            f"the plot ({by_strategy})."
         )
     return " ".join(parts)
 

@@ -11,6 +11,7 @@ import polars as pl
 from markupsafe import Markup, escape
 
 from collapselab.onset import Threshold
+from collapselab.report.aggregates import ReportData, from_frames
 from collapselab.report.figures import metric_figure, reference_curves
 from collapselab.report.galleries import Gallery, gallery
 from collapselab.report.metrics_info import describe_metric, metric_order
@@ -58,46 +59,65 @@ class ModelSection:
 def render_report(
     *,
     study: str,
-    tidy: pl.DataFrame,
-    runs: pl.DataFrame,
     study_text: str | None,
     generated_at: str,
+    data: ReportData | None = None,
+    tidy: pl.DataFrame | None = None,
+    runs: pl.DataFrame | None = None,
     samples: pl.DataFrame | None = None,
     expected_runs: int | None = None,
     thresholds: dict[str, list[Threshold]] | None = None,
     provenance: pl.DataFrame | None = None,
     superseded_runs: int = 0,
 ) -> str:
-    """Return one self-contained HTML page. `samples` (optional): the store's kept samples
-    (run_id, model, strategy_label, replicate, generation, kind, items as a JSON list).
+    """Return one self-contained HTML page from the study's aggregates: `data` as the store
+    computes them (tasks.report.report_data), or, for frames already in memory, `tidy` (the
+    long table, Store.tidy), `runs` (Store.runs), `samples` (run_id, model, strategy_label,
+    replicate, generation, kind, items as a JSON list) and `provenance` (model, strategy_label,
+    replicate, generation, origin, points), aggregated here the same way.
     `expected_runs` (optional): the size of the study's grid, to say how many runs are missing.
-    `thresholds` (optional): collapse indicators per family, for the "generations until collapse"
-    section (collapselab.onset). `provenance` (optional): the store's training-set composition
-    (model, strategy_label, replicate, generation, origin, points), drawn as stacked areas.
-    `superseded_runs`: runs stored under the study's name but outside its current grid; they are
-    not in `runs` or `tidy` and only get a line saying how to delete them."""
-    if runs.is_empty():  # tolerate a bare pl.DataFrame() for "nothing stored yet"
-        runs = pl.DataFrame(schema=RUN_COLUMNS)
-    if tidy.is_empty():
-        tidy = pl.DataFrame(schema=TIDY_COLUMNS)
+    `thresholds` (optional): collapse indicators per family, for the verdict
+    (collapselab.onset). `superseded_runs`: runs stored under the study's name but outside its
+    current grid; they are not in the data and only get a line saying how to delete them."""
+    if data is None:
+        data = from_frames(
+            tidy if tidy is not None else pl.DataFrame(),
+            runs if runs is not None else pl.DataFrame(),
+            samples=samples,
+            provenance=provenance,
+            indicator_metrics=indicator_metrics(thresholds),
+        )
+    runs = data.runs if not data.runs.is_empty() else pl.DataFrame(schema=RUN_COLUMNS)
+    summary = data.metric_summary
     labels = sorted(
-        set(tidy["strategy_label"].drop_nulls().to_list())
+        set(summary["strategy_label"].drop_nulls().to_list())
         | set(runs["strategy_label"].drop_nulls().to_list())
     )
     styles = strategy_styles(labels)
-    model_keys = sorted(tidy.select("family", "model").unique().iter_rows())
+    model_keys = sorted(summary.select("family", "model").unique().iter_rows())
+    reach = runs.select("run_id", "model", "strategy_label", "status").join(
+        data.run_reach, on="run_id", how="inner"
+    )
     sections = [
         _model_section(
-            tidy.filter((pl.col("family") == family) & (pl.col("model") == model)),
+            summary.filter((pl.col("family") == family) & (pl.col("model") == model)),
+            final=data.final_summary.filter(
+                (pl.col("family") == family) & (pl.col("model") == model)
+            ),
+            reach=reach.filter(pl.col("model") == model),
             anchor=f"model-{index}-{slug(model)}",
             family=family,
             model=model,
             labels=labels,
             styles=styles,
-            samples=None if samples is None else samples.filter(pl.col("model") == model),
-            provenance=None if provenance is None else provenance.filter(pl.col("model") == model),
+            samples=None if data.samples is None else data.samples.filter(pl.col("model") == model),
+            provenance=(
+                None
+                if data.provenance is None
+                else data.provenance.filter(pl.col("model") == model)
+            ),
             run_params=runs.filter(pl.col("model") == model)
-            .unique("strategy_label", keep="first")
+            .unique("strategy_label", keep="first", maintain_order=True)
             .select("strategy_label", "params"),
         )
         for index, (family, model) in enumerate(model_keys, start=1)
@@ -105,19 +125,28 @@ def render_report(
     pending = 0 if expected_runs is None else max(expected_runs - runs.height, 0)
     counts = run_counts(runs, pending)
     page = _environment().get_template("report.html")
+    verdict = None
+    if not summary.is_empty():
+        verdict = verdict_frame(data.indicators, runs, data.run_reach, thresholds)
     return page.render(
         study=study,
         generated_at=generated_at,
         code_versions=sorted(runs["code_version"].drop_nulls().unique().to_list()),
         run_counts=counts,
         count_lines=run_count_lines(counts, study=study, superseded=superseded_runs),
-        verdict=verdict_section(verdict_frame(tidy, runs, thresholds), thresholds, labels),
+        verdict=verdict_section(verdict, thresholds, labels),
         degenerate=degenerate_summary(runs),
         failed=failed_runs(runs),
         design=design_summary(runs),
         sections=sections,
         study_text=study_text,
     )
+
+
+def indicator_metrics(thresholds: dict[str, list[Threshold]] | None) -> list[str]:
+    """The metrics the verdict reads (every family's indicators): the only per-run rows the
+    report loads."""
+    return sorted({t.metric for items in (thresholds or {}).values() for t in items})
 
 
 @lru_cache(maxsize=1)
@@ -149,8 +178,10 @@ def slug(text: str) -> str:
 
 
 def _model_section(
-    frame: pl.DataFrame,
+    summary: pl.DataFrame,
     *,
+    final: pl.DataFrame,
+    reach: pl.DataFrame,
     anchor: str,
     family: str,
     model: str,
@@ -160,13 +191,14 @@ def _model_section(
     run_params: pl.DataFrame | None = None,
     provenance: pl.DataFrame | None = None,
 ) -> ModelSection:
-    metrics = metric_order(frame["metric"].unique().to_list())
-    present = set(frame["strategy_label"].unique().to_list())
+    metrics = metric_order(summary["metric"].unique().to_list())
+    present = set(summary["strategy_label"].unique().to_list())
     section_labels = [label for label in labels if label in present]
-    curves = reference_curves(frame, run_params)
+    curves = reference_curves(summary, run_params)
+    by_metric = {key: rows for (key,), rows in summary.group_by("metric")}
     figures = [
         metric_figure(
-            frame.filter(pl.col("metric") == metric),
+            by_metric[metric],
             metric=metric,
             anchor=f"{anchor}-fig{index}",
             model=model,
@@ -177,12 +209,14 @@ def _model_section(
         for index, metric in enumerate(metrics, start=1)
     ]
     titles = [describe_metric(m).title for m in metrics]
-    final_tables, failed_left_out = final_generation_tables(frame, metrics, section_labels, titles)
+    final_tables, failed_left_out = final_generation_tables(
+        final, reach, metrics, section_labels, titles
+    )
     return ModelSection(
         anchor=anchor,
         family=family,
         model=model,
-        runs=frame["run_id"].n_unique(),
+        runs=reach.height,
         figures=figures,
         final_tables=final_tables,
         failed_runs_left_out=failed_left_out,

@@ -1,34 +1,18 @@
-"""One look for every figure: plot style, the page-wide strategy palette, small multiples."""
+"""One look for every figure: the page-wide strategy palette, dashes and markers, colour maps.
+
+The charts themselves are SVG written by collapselab.report.chart, their shared look is CSS in
+the page (templates/report.html, `.chart`)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import matplotlib.pyplot as plt
-import numpy as np
-import seaborn as sns
-from matplotlib.figure import Figure
 
 #: Bands are mean ± BAND_Z standard errors: an approximate 95% confidence band for the mean.
 BAND_Z = 1.96
-FIGURE_SIZE_IN = (6.4, 4.4)
-#: Long chains are drawn at every k-th generation (and the last) so a figure stays light and fast.
-MAX_GENERATIONS_DRAWN = 250
-
-PLOT_STYLE = {
-    **sns.axes_style("whitegrid"),
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    # Text stays text: smaller SVG, selectable, and no per-figure glyph definitions.
-    "svg.fonttype": "none",
-    # Fixed salt: the same frames give byte-identical pages (SVG ids are otherwise random).
-    "svg.hashsalt": "collapselab-report",
-}
+#: Long chains are drawn at every k-th generation (and the last) so a line has at most about
+#: this many vertices: a figure stays light and fast whatever G.
+MAX_GENERATIONS_DRAWN = 200
 
 
 #: Okabe & Ito's colour-blind-safe colours in the order strategies take them. Orange and
@@ -77,27 +61,11 @@ def strategy_palette(labels: Iterable[str]) -> dict[str, str]:
     return {label: style.colour for label, style in strategy_styles(labels).items()}
 
 
-@contextmanager
-def strategy_panels(
-    count: int, *, panel_height: float, extra_height: float, sharey: bool = False
-) -> Iterator[tuple[Figure, np.ndarray]]:
-    """Small multiples, one panel per strategy, three to a row, sharing the generation axis;
-    unused panels hidden, the figure closed afterwards."""
-    cols = min(3, count)
-    rows = math.ceil(count / cols)
-    with plt.rc_context(PLOT_STYLE):
-        figure, axes = plt.subplots(
-            rows,
-            cols,
-            figsize=(3.4 * cols, panel_height * rows + extra_height),
-            squeeze=False,
-            layout="constrained",
-            sharex=True,
-            sharey=sharey,
-        )
-        try:
-            for ax in axes.flat[count:]:
-                ax.set_visible(False)
-            yield figure, axes
-        finally:
-            plt.close(figure)
+def colour_map(name: str, positions: Iterable[float]) -> list[str]:
+    """Colours of a matplotlib colour map (e.g. "Oranges", "viridis") as hex, for shading layers
+    and generations (matplotlib's colour maps only: no pyplot, no figure)."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    colours = matplotlib.colormaps[name]
+    return [to_hex(colours(float(p))) for p in positions]

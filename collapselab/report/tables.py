@@ -111,33 +111,28 @@ class FinalTable:
 
 
 def final_generation_tables(
-    frame: pl.DataFrame, metrics: list[str], labels: list[str], titles: list[str]
+    final: pl.DataFrame,
+    reach: pl.DataFrame,
+    metrics: list[str],
+    labels: list[str],
+    titles: list[str],
 ) -> tuple[list[FinalTable], int]:
     """Mean ± sd over runs of each run's last stored generation, as tables of at most
-    FINAL_TABLE_STRATEGIES strategies. Degenerate runs stop early, so their last metrics come from
-    an earlier generation; failed runs stopped on a bug and are left out (their count is returned
-    for the footnote)."""
-    failed_left_out = frame.filter(pl.col("status") == RunStatus.failed)["run_id"].n_unique()
-    kept = frame.filter(pl.col("status") != RunStatus.failed)
-    last = kept.filter(pl.col("generation") == pl.col("generation").max().over("run_id"))
-    finite = pl.col("value").filter(pl.col("value").is_finite())
-    cells = {
-        (row["strategy_label"], row["metric"]): row
-        for row in last.group_by("strategy_label", "metric")
-        .agg(
-            finite.mean().alias("mean"),
-            finite.std().alias("sd"),
-            (~pl.col("value").is_finite()).sum().alias("infinite"),
-        )
-        .iter_rows(named=True)
-    }
+    FINAL_TABLE_STRATEGIES strategies. `final`: one model's rows of Store.final_summary;
+    `reach`: its runs with stored metrics (run_id, strategy_label, status, last_generation).
+    Degenerate runs stop early, so their last metrics come from an earlier generation; failed
+    runs stopped on a bug and are left out (their count is returned for the footnote)."""
+    failed = pl.col("status") == RunStatus.failed
+    failed_left_out = reach.filter(failed).height
+    cells = {(row["strategy_label"], row["metric"]): row for row in final.iter_rows(named=True)}
     per_strategy = {
         row["strategy_label"]: row
-        for row in last.group_by("strategy_label")
+        for row in reach.filter(~failed)
+        .group_by("strategy_label")
         .agg(
-            pl.col("run_id").n_unique().alias("runs"),
-            pl.col("generation").min().alias("first"),
-            pl.col("generation").max().alias("last"),
+            pl.len().alias("runs"),
+            pl.col("last_generation").min().alias("first"),
+            pl.col("last_generation").max().alias("last"),
         )
         .iter_rows(named=True)
     }

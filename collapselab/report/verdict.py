@@ -26,12 +26,18 @@ SHARE_COLOUR_RANGE = (0.2, 0.82)
 
 
 def verdict_frame(
-    tidy: pl.DataFrame, runs: pl.DataFrame, thresholds: Mapping[str, list[Threshold]] | None
+    indicators: pl.DataFrame,
+    runs: pl.DataFrame,
+    reach: pl.DataFrame,
+    thresholds: Mapping[str, list[Threshold]] | None,
 ) -> pl.DataFrame | None:
-    """onset.verdict_table over the study's runs, or None when there is nothing to judge."""
-    if thresholds is None or tidy.is_empty() or runs.is_empty():
+    """onset.verdict_table over the study's runs, or None when there is nothing to judge.
+    `indicators`: the indicator metrics' rows (run_id, generation, metric, value); `reach`: each
+    run's last generation over all its metrics (Store.run_reach)."""
+    if thresholds is None or runs.is_empty():
         return None
-    onsets = onset.onset_by_run(tidy, runs, thresholds)
+    spine = runs.join(reach, on="run_id", how="left")
+    onsets = onset.onset_by_run(indicators, spine, thresholds)
     if onsets.is_empty():
         return None
     return onset.verdict_table(onsets)
