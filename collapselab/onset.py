@@ -462,15 +462,17 @@ def onset_by_run(
         *([pl.col("last_generation").cast(pl.Int64)] if given_reach else []),
     )
     wanted = sorted({t.metric for items in thresholds.values() for t in items})
+    # run_id and metric as categories: millions of indicator rows then cost a few bytes each in
+    # every join below, not a copy of their strings
     metrics = tidy.select(
-        pl.col("run_id"),
+        pl.col("run_id").cast(pl.Categorical),
         pl.col("generation").cast(pl.Int64),
-        pl.col("metric"),
+        pl.col("metric").cast(pl.Categorical),
         pl.col("value").cast(pl.Float64),
-    ).join(spine.select("run_id"), on="run_id", how="semi")
+    ).join(_keys(spine), on="run_id", how="semi")
     if not given_reach:
         last = metrics.group_by("run_id").agg(last_generation=pl.col("generation").max())
-        spine = spine.join(last, on="run_id", how="left")
+        spine = spine.join(last.cast({"run_id": pl.String}), on="run_id", how="left")
     metrics = metrics.filter(pl.col("metric").is_in(wanted))
     judged = []
     for (family,), runs_of_family in spine.sort("run_id").group_by("family", maintain_order=True):
@@ -482,7 +484,7 @@ def onset_by_run(
             judged.append(
                 _judge_runs(
                     part,
-                    metrics.join(part.select("run_id"), on="run_id", how="semi"),
+                    metrics.join(_keys(part), on="run_id", how="semi"),
                     family_thresholds,
                     persistence=persistence,
                     window=window,
@@ -500,6 +502,11 @@ def onset_by_run(
         .cast(ONSET_SCHEMA)
         .sort("family", "model", "strategy_label", "replicate", "run_id")
     )
+
+
+def _keys(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs' ids as the categorical key the indicator rows are joined on."""
+    return runs.select(pl.col("run_id").cast(pl.Categorical))
 
 
 def _judge_runs(
@@ -526,9 +533,9 @@ def _judge_runs(
         spine["degenerate_generation"].fill_null(0).to_numpy().astype(np.int64),
     )
     width = max([int(size.max(initial=0)), 1, *(t.baseline for t in thresholds)])
-    rows = metrics.join(
-        spine.select("run_id").with_row_index("row"), on="run_id", how="inner"
-    ).with_columns(pl.col("row").cast(pl.Int64))
+    rows = metrics.join(_keys(spine).with_row_index("row"), on="run_id", how="inner").with_columns(
+        pl.col("row").cast(pl.Int64)
+    )
     onset = np.full(count, NEVER, dtype=np.int64)
     indicator = np.full(count, -1, dtype=np.int64)
     open_crossing = np.full(count, NEVER, dtype=np.int64)

@@ -792,18 +792,36 @@ class Store:
 
     def metric_rows(self, study: str, metrics: Sequence[str]) -> pl.DataFrame:
         """run_id, generation, metric, value of the named metrics only (the filter runs in
-        DuckDB): the verdict's indicator series, without the rest of the table."""
-        return self._query(
-            f"""
-            {self._grid_cte()}
-            SELECT m.run_id, m.generation, m.metric, m.value
-            FROM metrics m JOIN grid USING (run_id)
-            WHERE list_contains(?::VARCHAR[], m.metric)
-            ORDER BY m.run_id, m.metric, m.generation
-            """,
-            [study, list(metrics)],
-        ).cast(
-            {"run_id": pl.String, "generation": pl.Int64, "metric": pl.String, "value": pl.Float64}
+        DuckDB): the verdict's indicator series, without the rest of the table. In no particular
+        order, and with run_id and metric as categories: DuckDB returns each row's run and
+        metric as a small integer, so millions of rows never become millions of strings."""
+        names = list(metrics)
+        with self._connect(read_only=True) as con:
+            run_ids = con.sql(
+                f"{self._grid_cte()} SELECT run_id FROM grid ORDER BY run_id", params=[study]
+            ).pl()["run_id"]
+            rows = con.sql(
+                f"""
+                {self._grid_cte()},
+                numbered AS (
+                    SELECT run_id, (row_number() OVER (ORDER BY run_id) - 1)::UINTEGER AS run_row
+                    FROM grid
+                )
+                SELECT n.run_row, m.generation,
+                       (list_position(?::VARCHAR[], m.metric) - 1)::UINTEGER AS metric_row,
+                       m.value
+                FROM metrics m JOIN numbered n USING (run_id)
+                WHERE list_contains(?::VARCHAR[], m.metric)
+                """,
+                params=[study, names, names],
+            ).pl()
+        return pl.DataFrame(
+            {
+                "run_id": run_ids.cast(pl.Categorical).gather(rows["run_row"]),
+                "generation": rows["generation"].cast(pl.Int64),
+                "metric": pl.Series(names, dtype=pl.Categorical).gather(rows["metric_row"]),
+                "value": rows["value"].cast(pl.Float64),
+            }
         )
 
     def report_samples(self, study: str) -> pl.DataFrame:

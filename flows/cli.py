@@ -111,6 +111,7 @@ def run(
     if (unreachable := unreachable_api()) is not None:  # before anything is written
         _fail(unreachable)
     from collapselab.store import Store, StoreError
+    from flows.local import register_study
 
     if db.exists():  # a broken, newer or unmigratable file: say so before starting anything
         try:
@@ -123,15 +124,7 @@ def run(
     try:
         with store.writer_lock(on_wait=_say):
             specs = config.run_specs()
-            store.save_study(
-                name=config.name,
-                seed=config.seed,
-                config=config.model_dump(mode="json"),
-                study_text=study_text,
-                run_ids=[spec.run_id for spec in specs],
-            )
-            done = store.done_run_ids(config.name)
-            pending = [spec for spec in specs if spec.run_id not in done]
+            done, pending = register_study(store, config, study_text, specs)
             _say(
                 f"study {config.name}: {len(specs)} runs, {len(done)} already stored, "
                 f"{len(pending)} to run"
@@ -293,6 +286,10 @@ def _run_flow(
             )
             if "flow_started" in summary:
                 timing["flow_s"] = summary["flow_started"] - before
+            if "work_done" in summary:  # the pool's shutdown and the flow run's end, no report
+                timing["finish_s"] = (
+                    time.monotonic() - summary["work_done"] - summary.get("report_s", 0.0)
+                )
             before = time.monotonic()
         timing["stop_s"] = time.monotonic() - before
     except KeyboardInterrupt:  # while the server or flow started, or the report rendered
@@ -310,7 +307,8 @@ def _run_flow(
     _say(
         f"start-up: {start_up:.2f} s (imports {timing['import_s']:.2f} s, server "
         f"{timing['server_s']:.2f} s, flow {timing.get('flow_s', 0.0):.2f} s, workers "
-        f"{timing.get('pool_s', 0.0):.2f} s); stop {timing['stop_s']:.2f} s"
+        f"{timing.get('pool_s', 0.0):.2f} s); finish {timing.get('finish_s', 0.0):.2f} s (pool "
+        f"shutdown, flow end); stop {timing['stop_s']:.2f} s"
     )
     if runner is RunnerName.processes and "pool_s" in timing:
         from flows.local import remember_start_up

@@ -33,7 +33,7 @@ from flows.environment import state_dir
 if TYPE_CHECKING:
     import polars as pl
 
-    from collapselab.config import RunSpec
+    from collapselab.config import RunSpec, StudyConfig
     from collapselab.store import Store
 
 #: Seconds in-flight work gets to finish after the first Ctrl-C/SIGTERM before it is dropped.
@@ -46,7 +46,8 @@ PROBE_BATCH = 50
 KEPT_MEASUREMENTS = 5
 #: The processes runner's start-up before any was measured on this machine, in seconds: the
 #: import of Prefect and the flow, a temporary server's start, the flow run's creation, the
-#: first worker's start (2 workers on 2 cores), and the stop of pool and server. Measured with
+#: first worker's start (2 workers on 2 cores), the flow's finish (the pool's shutdown, the
+#: flow run's end) and the server's stop. Measured with
 #: `collapselab run --runner processes --workers 2` (tiny and quick studies) on the 2-core
 #: development machine under a load average of about 1.5; each later pool run replaces them with
 #: this machine's own figures (START_UP_FILE in the state directory).
@@ -55,11 +56,28 @@ DEFAULT_START_UP_S = {
     "server_s": 3.3,
     "flow_s": 0.6,
     "pool_s": 2.9,
+    "finish_s": 1.9,
     "stop_s": 0.2,
 }
 START_UP_FILE = "startup.json"
 #: The report's fingerprint, next to its index.html.
 FINGERPRINT_FILE = ".fingerprint"
+
+
+def register_study(
+    store: Store, config: StudyConfig, study_text: str, specs: list[RunSpec]
+) -> tuple[set[str], list[RunSpec]]:
+    """Save the study, its text and its grid (under the caller's writer lock), and return the
+    run ids already stored and the runs still pending, in grid order."""
+    store.save_study(
+        name=config.name,
+        seed=config.seed,
+        config=config.model_dump(mode="json"),
+        study_text=study_text,
+        run_ids=[spec.run_id for spec in specs],
+    )
+    done = store.done_run_ids(config.name)
+    return done, [spec for spec in specs if spec.run_id not in done]
 
 
 def interrupted_message(stored: int, pending: int) -> str:

@@ -32,6 +32,7 @@ from flows.local import (
     interrupted_message,
     progress_bar,
     record_report,
+    register_study,
     report_fingerprint,
     report_is_current,
     run_in_process,
@@ -144,15 +145,7 @@ def _run_study(
     logger = get_run_logger()
     db = str(store.path)
     with store.writer_lock(on_wait=logger.warning):
-        store.save_study(
-            name=config.name,
-            seed=config.seed,
-            config=config.model_dump(mode="json"),
-            study_text=study_text,
-            run_ids=[spec.run_id for spec in specs],
-        )
-        done = store.done_run_ids(config.name)
-        pending = [spec for spec in specs if spec.run_id not in done]
+        done, pending = register_study(store, config, study_text, specs)
         batches = plan_batches(pending, workers=workers, batch_size=batch_size)
         logger.info(
             "study %s: %d runs, %d already stored, %d to run in %d tasks on %s x%d",
@@ -221,8 +214,10 @@ def _run_study(
         if report_is_current(folder, fingerprint):
             summary["report_unchanged"] = str(folder / "index.html")
         else:
+            rendering = time.monotonic()
             summary["report"] = report_flow(db=db, study=config.name, out=reports_dir)[0]
             record_report(folder, fingerprint)
+            summary["report_s"] = time.monotonic() - rendering
     _publish_artifacts(store, config.name, summary)
     logger.info("study %s: %s", config.name, describe_counts(summary["grid"]))
     if superseded := describe_superseded(config.name, summary["grid"]["superseded"]):
@@ -362,6 +357,7 @@ def _run_and_ingest(
             if "pool_s" not in timing and first_submit is not None:
                 latency = time.monotonic() - first_submit
                 timing["pool_s"] = max(0.0, latency - float(runs["duration_s"].sum() or 0.0))
+        timing["work_done"] = time.monotonic()  # the pool's shutdown starts the fixed finish
     return statuses
 
 

@@ -42,8 +42,9 @@ PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 #: Kernel evaluations held at once while scoring (8 bytes each, one such array and a copy):
 #: bounds the memory of scoring thousands of test points against a pool of tens of thousands to
-#: a few MB (2^18 was the fastest of 2^16..2^22 on both a pool of 10^4 and 100 replicates of 100).
-SCORE_CHUNK_ELEMENTS = 1 << 18
+#: about a MB, which stays in a core's cache: 2^16 was 5-50% faster than 2^18 on 4 accumulated
+#: pools of up to 10^4 points, 100 replicates of 100 and 10 of 100 against 500 test points.
+SCORE_CHUNK_ELEMENTS = 1 << 16
 #: Log-kernels more than this far below a test point's largest are raised to it before exp: each
 #: then weighs under 1e-304 of the largest, nothing in float64, and exp stays off the denormals
 #: that made scoring with a small bandwidth 2-3x slower.

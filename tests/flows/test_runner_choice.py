@@ -55,12 +55,21 @@ def test_one_worker_never_pays_for_a_pool(tmp_path, tiny_study):
 def test_start_up_is_the_median_of_this_machines_pool_runs(tmp_path):
     for pool, server in ((1.0, 2.0), (3.0, 4.0), (8.0, 9.0)):
         remember_start_up(
-            {"import_s": 1.0, "server_s": server, "flow_s": 0.5, "pool_s": pool, "stop_s": 0.25},
+            {
+                "import_s": 1.0,
+                "server_s": server,
+                "flow_s": 0.5,
+                "pool_s": pool,
+                "finish_s": 1.5,
+                "stop_s": 0.25,
+            },
             workers=2,
         )
-    assert start_up_seconds(2, server_needed=True) == pytest.approx(1.0 + 4.0 + 0.5 + 3.0 + 0.25)
+    assert start_up_seconds(2, server_needed=True) == pytest.approx(
+        1.0 + 4.0 + 0.5 + 3.0 + 1.5 + 0.25
+    )
     # a long-lived server (or PREFECT_API_URL) costs no start; 4 workers: the nearest measured
-    assert start_up_seconds(4, server_needed=False) == pytest.approx(1.0 + 0.5 + 3.0 + 0.25)
+    assert start_up_seconds(4, server_needed=False) == pytest.approx(1.0 + 0.5 + 3.0 + 1.5 + 0.25)
 
 
 def test_unmeasured_models_are_probed_until_the_estimate_decides(tmp_path, tiny_study, monkeypatch):
