@@ -35,9 +35,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Ratios measured side by side; every number also lands in benchmarks/results/*.json.
 bench: install
+	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_study.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_report.py
 
 # Re-resolve the pins from pyproject.toml into requirements.lock (needs the network).
 lock:
