@@ -281,4 +281,5 @@ def test_the_engine_holds_no_more_replicates_than_the_budget_counts(tiny_study, 
     split = run_many(specs)
     assert [o.value for o in split] == [o.value for o in whole]
     budget = estimate_budget(config, workers=1)
-    assert budget.worker_bytes <= 4 * per_replicate  # two replicates at once, plus overhead
+    assert budget.memory_part.startswith("2 replicates of ")  # two replicates at once ...
+    assert budget.worker_bytes == config_module.RUN_OVERHEAD_BYTES + 2 * per_replicate
