@@ -84,6 +84,23 @@ def batches_cell(spec: RunSpec) -> bool:
     )
 
 
+def training_growth(spec: RunSpec, *, generations: int) -> float:
+    """How much larger a run's average training set is than over its first `generations`
+    generations, where that size drives the cost: 1 unless the strategy accumulates points that
+    the family must refit (a pool kept as a running summary costs the same every generation).
+    Lets a timed short copy of a run stand for the whole run (flows.local.choose_runner)."""
+    strategy = build_strategy(spec.strategy)
+    family = get_family(spec.model.family)
+    if strategy.incremental and batches_cell(spec) and family.Batched.incremental:
+        return 1.0
+    n = spec.n
+
+    def mean_size(g: int) -> float:
+        return (n + strategy.max_train_points(n=n, generations=g)) / 2
+
+    return max(1.0, mean_size(spec.generations) / mean_size(min(generations, spec.generations)))
+
+
 def run_cell(specs: list[RunSpec]) -> list[RunOutcome]:
     """Models 0..G of every run of one cell (specs equal except their replicate), batched when
     the family and the strategy allow it; each outcome as run_chain gives it."""

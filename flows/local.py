@@ -249,14 +249,19 @@ class RunnerChoice:
     compute_s: float
     start_up_s: float
     workers: int
+    #: Whether some costs were left unmeasured once the choice was clear (compute_s is then
+    #: a lower bound)
+    partial: bool = False
 
     def describe(self) -> str:
         """The one line `run` prints: the choice and the measured costs behind it."""
         on_pool = self.compute_s / self.workers
         sign = "<=" if self.runner == "in-process" else ">"
+        estimate = "at least " if self.partial else ""
         return (
-            f"runner: {self.runner} (estimated {self.compute_s:.1f} s of compute here {sign} "
-            f"{self.start_up_s:.1f} s to start {self.workers} worker(s) + {on_pool:.1f} s on them)"
+            f"runner: {self.runner} (estimated {estimate}{self.compute_s:.1f} s of compute here "
+            f"{sign} {self.start_up_s:.1f} s to start {self.workers} worker(s) + {on_pool:.1f} s "
+            "on them)"
         )
 
 
@@ -377,12 +382,27 @@ def choose_runner(
     def in_process(seconds: float) -> bool:
         return seconds * (1 - 1 / workers) <= start_up
 
+    from collapselab.engine import training_growth
+
+    probed, growing = 0, False
     for key, count in unknown:
         if not in_process(compute):
             break
         compute += probe_cost(cells[key]) * count
+        probed += 1
+        # a short copy of a run whose training sets grow (a pool refitted as points) costs less
+        # a generation than the whole run will: the estimate is then a lower bound. Scaling it
+        # by the pool's growth overshoots (the quick study's 16 s became 26 s): metrics and
+        # sampling cost the same every generation.
+        growing |= training_growth(cells[key][0], generations=PROBE_GENERATIONS) > 1
     runner = "in-process" if in_process(compute) else "processes"
-    return RunnerChoice(runner=runner, compute_s=compute, start_up_s=start_up, workers=workers)
+    return RunnerChoice(
+        runner=runner,
+        compute_s=compute,
+        start_up_s=start_up,
+        workers=workers,
+        partial=probed < len(unknown) or growing,
+    )
 
 
 # --- reports re-rendered only when what they show changed ----------------------------------

@@ -293,3 +293,18 @@ def test_metric_streams_are_each_runs_own_and_built_only_when_drawn_from():
         mock.patch.object(engine, "run_chain", side_effect=AssertionError("fell back")),
     ):
         engine.run_cell(specs)
+
+
+def test_training_growth_scales_a_short_copy_to_the_whole_run():
+    """A probe of 2 generations stands for a whole run: a pool refitted as points grows with
+    the run, a pool kept as a running summary does not, nor do training sets of n points."""
+    grows = cell({"family": "kde"}, "accumulate", replicates=1, generations=100)[0]
+    assert engine.training_growth(grows, generations=2) == pytest.approx((1 + 100) / (1 + 2))
+    assert engine.training_growth(grows, generations=100) == 1.0
+    for model, strategy in [
+        ({"family": "gaussian"}, "accumulate"),  # running sums
+        ({"family": "kde"}, "replace"),
+        ({"family": "kde"}, "accumulate-subsample"),  # n points a fit
+    ]:
+        spec = cell(model, strategy, replicates=1, generations=100)[0]
+        assert engine.training_growth(spec, generations=2) == 1.0

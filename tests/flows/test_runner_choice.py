@@ -88,8 +88,22 @@ def test_unmeasured_models_are_probed_until_the_estimate_decides(tmp_path, tiny_
     assert len(probed) == 6
     probed.clear()
     monkeypatch.setattr(local, "probe_cost", probe(100.0))
-    assert choose_runner(specs, store=None, workers=2, server_needed=True).runner == "processes"
+    choice = choose_runner(specs, store=None, workers=2, server_needed=True)
+    assert choice.runner == "processes"
     assert len(probed) == 1  # past the break-even after the first: the rest is not probed
+    assert "estimated at least " in choice.describe()  # so the estimate is a lower bound
+
+
+def test_a_probe_of_a_growing_pool_is_a_lower_bound(tiny_study, monkeypatch):
+    """Two generations of a KDE under accumulate cost less a generation than the whole run will:
+    the line says the estimate is a lower bound; a pool kept as running sums is not one."""
+    study = {**tiny_study, "strategies": ["accumulate"], "replicates": 2}
+    monkeypatch.setattr(local, "probe_cost", lambda cell: 0.0)
+    for model, lower_bound in [({"family": "kde"}, True), ({"family": "gaussian"}, False)]:
+        specs = parse_study({**study, "models": [model]}).run_specs()
+        choice = choose_runner(specs, store=None, workers=2, server_needed=True)
+        assert choice.runner == "in-process"
+        assert ("estimated at least " in choice.describe()) is lower_bound
 
 
 def test_a_probe_times_a_short_copy_of_a_run_and_stores_nothing(tmp_path, tiny_study):
