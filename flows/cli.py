@@ -208,25 +208,20 @@ def _run_here(
 ) -> dict[str, Any]:
     """The pending runs in this process (no Prefect, no pool), ingested as the flow would."""
     from collapselab.tables import RunStatus
-    from flows.local import Interrupts, progress_bar, run_in_process
+    from flows.local import run_here
 
     def crashed(label: str, exc: Exception) -> None:
         _say(f"batch {label} crashed: {type(exc).__name__}: {exc}")
 
-    with (
-        Interrupts(arm_grace=True) as interrupts,
-        progress_bar(len(pending), show=bool(pending)) as advance,
-    ):
-        statuses = run_in_process(
-            pending,
-            store=store,
-            batch_size=batch_size,
-            deadline=deadline,
-            interrupts=interrupts,
-            stored_before=len(done),
-            progress=advance,
-            on_crash=crashed,
-        )
+    statuses, interrupts = run_here(
+        pending,
+        store=store,
+        batch_size=batch_size,
+        deadline=deadline,
+        stored_before=len(done),
+        show_progress=bool(pending),
+        on_crash=crashed,
+    )
     ran = sum(statuses[s.value] for s in RunStatus)
     summary: dict[str, Any] = {
         "study": config.name,

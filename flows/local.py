@@ -172,6 +172,35 @@ def empty_statuses() -> Counter:
     return Counter({**{s.value: 0 for s in RunStatus}, "crashed_batches": 0})
 
 
+def run_here(
+    pending: list[RunSpec],
+    *,
+    store: Store,
+    batch_size: int | None,
+    deadline: float | None,
+    stored_before: int,
+    show_progress: bool,
+    on_crash: Callable[[str, Exception], None],
+) -> tuple[Counter, Interrupts]:
+    """`run_in_process` under its own Ctrl-C/SIGTERM handling (a batch in flight gets GRACE_S)
+    and progress bar, for the CLI and the flow alike; the interrupts say whether a signal came."""
+    with (
+        Interrupts(arm_grace=True) as interrupts,
+        progress_bar(len(pending), show=show_progress) as advance,
+    ):
+        statuses = run_in_process(
+            pending,
+            store=store,
+            batch_size=batch_size,
+            deadline=deadline,
+            interrupts=interrupts,
+            stored_before=stored_before,
+            progress=advance,
+            on_crash=on_crash,
+        )
+    return statuses, interrupts
+
+
 def run_in_process(
     pending: list[RunSpec],
     *,

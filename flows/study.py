@@ -30,12 +30,11 @@ from flows.local import (
     Interrupts,
     empty_statuses,
     interrupted_message,
-    progress_bar,
     record_report,
     register_study,
     report_fingerprint,
     report_is_current,
-    run_in_process,
+    run_here,
 )
 from flows.report import report_flow
 from tasks.chains import ingest, run_chains
@@ -159,20 +158,15 @@ def _run_study(
         )
         timing: dict[str, float] = {}
         if runner == "in-process":  # no pool: the same batches and rows, here
-            with (
-                Interrupts(arm_grace=True) as interrupts,
-                progress_bar(len(pending), show=show_progress) as advance,
-            ):
-                statuses = run_in_process(
-                    pending,
-                    store=store,
-                    batch_size=batch_size,
-                    deadline=deadline,
-                    interrupts=interrupts,
-                    stored_before=len(done),
-                    progress=advance,
-                    on_crash=lambda label, exc: logger.error("batch %s crashed: %r", label, exc),
-                )
+            statuses, interrupts = run_here(
+                pending,
+                store=store,
+                batch_size=batch_size,
+                deadline=deadline,
+                stored_before=len(done),
+                show_progress=show_progress,
+                on_crash=lambda label, exc: logger.error("batch %s crashed: %r", label, exc),
+            )
         else:
             with Interrupts() as interrupts:
                 statuses = _run_and_ingest(

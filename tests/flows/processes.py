@@ -29,14 +29,14 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 
 def slow_study(tmp_path: Path, name: str, *, seed: int) -> Path:
-    """Forty runs of about a tenth of a second each: seconds of work, long enough to stop a study
+    """Forty runs of about a sixth of a second each: seconds of work, long enough to stop a study
     in the middle (a signal, a crash). Written to `tmp_path/<name>.yaml`. A KDE scores 500 test
     points against every kernel each generation: a cost the batched engine cannot shrink much,
     so the study stays this slow whether its runs go one by one or a cell at a time."""
     study = {
         "name": name,
         "seed": seed,
-        "generations": 300,
+        "generations": 600,
         "replicates": 10,
         "samples_per_generation": 100,
         "test_size": 500,
