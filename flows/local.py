@@ -298,10 +298,6 @@ def _cost_key(spec: RunSpec) -> tuple[str, str, int]:
     return spec.model.label(), spec.strategy.label(), spec.n
 
 
-def _same_cell(a: RunSpec, b: RunSpec) -> bool:
-    return a.model_dump(exclude={"replicate"}) == b.model_dump(exclude={"replicate"})
-
-
 def measured_costs(store: Store | None) -> dict[tuple[str, str, int], float]:
     """Seconds per run-generation by (model, strategy, n) from the database's earlier runs,
     with (model, "", n) for a model under any strategy."""
@@ -388,6 +384,8 @@ def choose_runner(
     """In-process when its estimated compute C is at most the pool's S + C / w (w: workers
     the pending runs can keep busy), i.e. C (1 - 1/w) <= S. Costs missing from the database
     are probed here, and probing stops as soon as the estimate is past the break-even."""
+    from collapselab.engine import same_cell, training_growth
+
     workers = max(1, min(workers, len(pending)))
     start_up = start_up_seconds(workers, server_needed=server_needed)
     costs = measured_costs(store)
@@ -405,13 +403,11 @@ def choose_runner(
     cells: dict[tuple[str, str, int], list[RunSpec]] = {}
     for spec in pending:  # the first cell of each key: what the probe times
         cell = cells.setdefault(_cost_key(spec), [])
-        if not cell or (len(cell) < PROBE_BATCH and _same_cell(cell[0], spec)):
+        if not cell or (len(cell) < PROBE_BATCH and same_cell(cell[0], spec)):
             cell.append(spec)
 
     def in_process(seconds: float) -> bool:
         return seconds * (1 - 1 / workers) <= start_up
-
-    from collapselab.engine import training_growth
 
     probed, growing = 0, False
     for key, count in unknown:
