@@ -34,6 +34,7 @@ browser:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Ratios measured side by side; every number also lands in benchmarks/results/*.json.
 bench: install

@@ -80,8 +80,9 @@ def kde_rule_train_variance(t: np.ndarray | int, n: int, factor: float, v0: floa
 
 
 @dataclass(frozen=True)
-class _Reference:
-    """One closed form for one metric: its curve over generations and a caption."""
+class ClosedForm:
+    """One closed form for one metric: its curve over generations and a caption (a family's
+    `references` returns these)."""
 
     metric: str
     description: str
@@ -109,7 +110,7 @@ def _family_params(model: dict[str, Any]) -> Any | None:
         return None
 
 
-def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list[_Reference]:
+def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list[ClosedForm]:
     """Every closed form of ../shared/literature.md that covers these parameters exactly."""
     if strategy.get("temperature", 1.0) != 1.0 or n < 2:
         return []
@@ -120,7 +121,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
     if family == "gaussian" and replace:
         if params.estimator == "mle":
             return [
-                _Reference(
+                ClosedForm(
                     "variance_ratio",
                     f"E[variance ratio] = (1 - 1/n)^(t+1), n = {n}",
                     lambda t: gaussian_mle_variance_ratio(t, n),
@@ -129,12 +130,12 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
         cov = np.eye(params.dim) if params.cov is None else np.asarray(params.cov, dtype=float)
         trace = float(np.trace(cov))
         return [
-            _Reference(
+            ClosedForm(
                 "variance_ratio",
                 "E[variance ratio] = 1 (a martingale)",
                 lambda t: gaussian_unbiased_variance_ratio(t, n),
             ),
-            _Reference(
+            ClosedForm(
                 "mean_sq_error",
                 f"E[mean sq. error] = tr(Sigma) (t+1)/n, tr(Sigma) = {trace:g}, n = {n}",
                 lambda t: gaussian_unbiased_mean_sq_error(t, n, trace),
@@ -145,7 +146,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
         where = f"sigma^2 = {noise:g}, d = {d}, T = {n}"
         if replace:
             return [
-                _Reference(
+                ClosedForm(
                     "weight_sq_error",
                     f"E[weight sq. error] = sigma^2 d (t+1)/(T - d - 1), {where}",
                     lambda t: regression_replace_weight_sq_error(t, n, d, noise),
@@ -153,7 +154,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
             ]
         if strategy.get("name") == "accumulate":
             return [
-                _Reference(
+                ClosedForm(
                     "weight_sq_error",
                     f"E[weight sq. error] = sigma^2 d/(T - d - 1) sum_(i<=t+1) 1/i^2, {where}",
                     lambda t: regression_accumulate_weight_sq_error(t, n, d, noise),
@@ -165,7 +166,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
         truth = english_vocabulary(params.vocab_size)[1]
         truth_gs = float(1.0 - truth @ truth)
         return [
-            _Reference(
+            ClosedForm(
                 "gini_simpson",
                 f"E[Gini-Simpson] = GS(truth) (1 - 1/n)^(t+1), GS(truth) = {truth_gs:.4f}, n = {n}",
                 lambda t: categorical_gini_simpson(t, n, truth_gs),
@@ -182,7 +183,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
             c = rule_of_thumb_factor(params.bandwidth, n, centres.shape[1])
             growth = 1.0 - 1.0 / n + c * c
             return [
-                _Reference(
+                ClosedForm(
                     "train_variance",
                     f"E[train variance] = v0 (1 - 1/n + c^2)^t = {v0:.3g} x {growth:.4g}^t, "
                     f"{params.bandwidth} factor c = {c:.4g}, n = {n}",
@@ -191,7 +192,7 @@ def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list
             ]
         h = float(params.bandwidth)
         return [
-            _Reference(
+            ClosedForm(
                 "train_variance",
                 f"E[train variance] -> (n - 1) h^2 = {(n - 1) * h * h:g} by (1 - 1/n) a "
                 f"generation from {v0:.3g}, n = {n}, h = {h:g}",

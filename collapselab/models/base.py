@@ -9,13 +9,92 @@ a tuple where an array is expected) are absorbed inside the family, never by its
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from collapselab.data import RealData
+
+if TYPE_CHECKING:
+    from collapselab.onset import Threshold
+    from collapselab.theory import ClosedForm
+
+#: Which values of a metric are further from collapse: lower, higher, nearer `reference`, or
+#: neither (a descriptive quantity such as a training set's size).
+Better = Literal["lower", "higher", "reference", "neither"]
+
+#: Domains: at least 0, and a share.
+NON_NEGATIVE: tuple[float | None, float | None] = (0.0, None)
+SHARE: tuple[float | None, float | None] = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric means and how the report shows it; each family declares its own metrics'
+    (`ModelFamily.metrics_info`), so the same name may carry a family's own unit."""
+
+    title: str
+    #: The y-axis label (the quantity and its unit).
+    axis_label: str
+    #: The unit alone ("nats per point", "share", "" for a pure ratio).
+    unit: str
+    #: One sentence on what the metric measures; the figure's caption starts with it.
+    meaning: str
+    better: Better
+    #: `auto-log`: log scale when every drawn mean is positive and they span more than two decades.
+    y_scale: Literal["linear", "log", "auto-log"] = "linear"
+    #: A value drawn as a dotted reference line (the value that means "no collapse").
+    reference: float | None = None
+    #: (lower, upper) bounds of the values the metric can take; None = unbounded on that side.
+    #: Figures clip confidence bands to it, so a band never promises a value the metric cannot have.
+    domain: tuple[float | None, float | None] = (None, None)
+
+
+#: Metrics every generation records whatever the family (chain._generation_metrics).
+GENERIC_METRICS: dict[str, MetricInfo] = {
+    "real_fraction": MetricInfo(
+        "Real share of the training set",
+        "real fraction",
+        "share",
+        "Share of the training set that is real data",
+        better="neither",
+        domain=SHARE,
+    ),
+    "train_size": MetricInfo(
+        "Training-set size",
+        "points",
+        "points",
+        "Training-set size (points)",
+        better="neither",
+        domain=NON_NEGATIVE,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExamplesInfo:
+    """How the report draws a family's examples (the kept samples of `ModelFamily.examples`)."""
+
+    kind: Literal["image", "density", "ranks", "text"]
+    #: image: the pixel values drawn white and black (values outside are clipped).
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    #: image: side of the square mosaic of examples per (strategy, generation).
+    mosaic_side: int = 4
+
+
+@dataclass(frozen=True)
+class CalibrationCells:
+    """A family's control and surely-collapsing cells (strategy labels) of
+    studies/calibration.yaml, on which its default collapse indicators were calibrated."""
+
+    controls: tuple[str, ...]
+    collapsing: tuple[str, ...]
+    why: str
+    #: Replicates per cell in the CI-sized calibration test (slow families get fewer).
+    ci_replicates: int
 
 
 class Degenerate(Exception):
@@ -65,10 +144,25 @@ class ModelFamily(ABC):
     #: Whether two real points are never equal (continuous data, a de-duplicated data set), so a
     #: held-out point can be recognised by value. False for tokens drawn from a vocabulary.
     distinct_points: ClassVar[bool] = True
+    #: Every metric `metrics` returns, in the report's order (most telling first), with its
+    #: meaning and presentation. `metric_names` is its keys.
+    metrics_info: ClassVar[Mapping[str, MetricInfo]]
+    #: The default collapse indicators (collapselab.onset), calibrated on `calibration`'s cells.
+    collapse_indicators: ClassVar[tuple[Threshold, ...]] = ()
+    #: The cells its indicators were calibrated on, or None (then it has no calibration rows).
+    calibration: ClassVar[CalibrationCells | None] = None
+    #: How the report draws `examples`, or None when the family keeps none.
+    examples_info: ClassVar[ExamplesInfo | None] = None
     #: Bumped whenever the family's numbers change for the same parameters and seeds (a metric
     #: added, renamed or computed differently): part of a run's identity (config.RunSpec.run_id),
     #: so stored runs of the old numbers are re-run while other families' runs stay stored.
     results_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("metrics_info")
+        if info is not None and "metric_names" not in cls.__dict__:
+            cls.metric_names = tuple(info)
 
     def __init__(self, params: FamilyParams, *, context: RunContext | None = None) -> None:
         self.params = params
@@ -113,6 +207,29 @@ class ModelFamily(ABC):
         """The family's metrics of the fitted model, against its truth and the held-out `test`.
 
         `rng` is a stream of its own for Monte Carlo metrics: using it never changes the chain."""
+
+    # --- what the family knows about itself: the report, onset and validate read these --------
+
+    @classmethod
+    def references(
+        cls, params: FamilyParams, *, strategy: Mapping[str, Any], n: int
+    ) -> list[ClosedForm]:
+        """The closed forms (collapselab.theory) that hold exactly for these parameters under
+        `strategy` (a run's stored JSON dict; temperature 1 and n >= 2 are checked by the caller)
+        with n points a generation; [] when the literature has none."""
+        return []
+
+    @classmethod
+    def value_after_degenerate(cls, metric: str) -> float | None:
+        """The value `metric` keeps for ever once a chain degenerated, when its closed form
+        averages over such chains too (None: degenerate chains are outside the law)."""
+        return None
+
+    @classmethod
+    def examples_truth(cls, params: FamilyParams) -> list[float] | None:
+        """The truth the examples are drawn against (ranks: the true probabilities in rank
+        order, the dashed line), or None."""
+        return None
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
         """What the report's gallery shows of this model, as (kind, items): ("text", [sentence,
