@@ -605,7 +605,7 @@ def check_same_metrics(*, n: int, dim: int, vocab_size: int, test_size: int) -> 
     test_y = test_x @ true_weights + rng.standard_normal(test_size)
     rows, test_rows = np.column_stack([design, labels]), np.column_stack([test_x, test_y])
     params = LinearRegressionParams(dim=dim)
-    model = LinearRegression(params, context=RunContext(r0=rows, test=test_rows)).fit(rows)
+    model = LinearRegression(params, context=RunContext(r0=rows)).fit(rows)
     expected = model.metrics(test_rows, rng=unused)
     weights = np.linalg.lstsq(design, labels, rcond=None)[0]
     research = research_regression_metrics(weights, true_weights, test_x, test_y)

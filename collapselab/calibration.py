@@ -1,93 +1,45 @@
 """Calibration of the collapse rules (collapselab.onset) on runs whose answer is known.
 
-For each family `CELLS` names its controls (strategies that provably do not collapse at the quick
-study's size) and the cells that surely collapse there; `studies/calibration.yaml` runs them (its
-header says why each one is there). `calibration_table` measures, per family and pooled, what the
-rules must get right: the share of control runs flagged (goal <= 5%), of surely-collapsing runs
-flagged (>= 95%), of control runs raising a false alarm (<= 10%), and of surely-collapsing runs
-whose onset comes after the first possible warning that were warned in time, a hit (>= 50%).
+Each family's `calibration` (base.CalibrationCells) names its controls (strategies that provably
+do not collapse at the quick study's size) and the cells that surely collapse there;
+`studies/calibration.yaml` runs them (its header says why each one is there). `calibration_table`
+measures, per family and pooled, what the rules must get right: the share of control runs flagged
+(goal <= 5%), of surely-collapsing runs flagged (>= 95%), of control runs raising a false alarm
+(<= 10%), and of surely-collapsing runs whose onset comes after the first possible warning that
+were warned in time, a hit (>= 50%).
 Chains run in this process (collapselab.chain.run_many): no database, no orchestration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import RunSpec, StudyConfig, load_study
+from collapselab.models import FAMILIES
+from collapselab.models.base import CalibrationCells
 from collapselab.onset import AGREE, FALSE_ALARM, HIT, WINDOW
 
 STUDY_FILE = Path(__file__).resolve().parent.parent / "studies" / "calibration.yaml"
 
 
-@dataclass(frozen=True)
-class Cells:
-    """A family's calibration cells, by strategy label, with the reason they are known."""
+def family_cells() -> dict[str, CalibrationCells]:
+    """Every registered family's calibration cells (`ModelFamily.calibration`, plug-ins
+    included), by family name; a family without any is left out."""
+    return {
+        name: family.calibration
+        for name, family in FAMILIES.items()
+        if family.calibration is not None
+    }
 
-    controls: tuple[str, ...]
-    collapsing: tuple[str, ...]
-    why: str
 
-
-#: Every family's controls and surely-collapsing cells at n = 100 over 30 generations.
-CELLS: dict[str, Cells] = {
-    "gaussian": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
-        ("replace(T=0.8)", "replace(T=0.9)"),
-        "real data in every training set keeps the fitted variance stationary (accumulate: its "
-        "limit stays near 1); T < 1 shrinks it by T a generation on top of the chi2 walk",
-    ),
-    "gmm": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
-        ("replace(T=0.8)", "replace(T=0.9)"),
-        "as the Gaussian: real data anchors the blob; T < 1 multiplies each covariance by T",
-    ),
-    "kde": Cells(
-        ("fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
-        ("replace(T=2)",),
-        "a KDE's samples add h^2 T of variance a generation: with real data it settles near the "
-        "truth's, under replace it diffuses (accumulate too, slowly: not a control); at T = 2 "
-        "the diffusion surely passes the level within 30 generations",
-    ),
-    "linear-regression": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)"),
-        ("replace",),
-        "accumulate's error stays bounded (Gerstgrasser et al. 2024), fixed-fraction's is "
-        "stationary; replace's grows linearly in t (Dohmatob et al. 2024)",
-    ),
-    "categorical": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
-        ("replace", "replace(T=0.9)", "replace(T=0.8)"),
-        "accumulate keeps R0's words for ever and real data re-supplies them; under replace a "
-        "word lost is lost for ever (Wright-Fisher)",
-    ),
-    "ngram": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)"),
-        ("replace", "replace(T=0.9)", "replace(T=0.8)"),
-        "half real sentences or the whole growing pool keep the vocabulary; replace loses it and "
-        "perplexity explodes (fresh-data(p=0.2) settles near twice model 0's: not a control)",
-    ),
-    "digits": Cells(
-        ("accumulate", "fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
-        ("replace(T=0.8)", "replace(T=0.9)"),
-        "real images keep every class; T < 1 feeds the dominant components until classes vanish",
-    ),
-}
-
-#: Replicates per family in the CI-sized calibration test (the slow families get fewer).
-CI_REPLICATES: dict[str, int] = {
-    "gaussian": 60,
-    "gmm": 24,
-    "kde": 40,
-    "linear-regression": 60,
-    "categorical": 60,
-    "ngram": 8,
-    "digits": 10,
-}
+def ci_replicates() -> dict[str, int]:
+    """Replicates per family in the CI-sized calibration test (each family's
+    `CalibrationCells.ci_replicates`: the slow families take fewer)."""
+    return {name: cells.ci_replicates for name, cells in family_cells().items()}
 
 
 def calibration_study(path: str | Path = STUDY_FILE) -> StudyConfig:
@@ -100,9 +52,10 @@ def calibration_specs(
 ) -> list[RunSpec]:
     """The study's runs that are some family's control or surely-collapsing cell, keeping the
     first `replicates[family]` replicates of each (all of them without `replicates`)."""
+    every_cells = family_cells()
     specs = []
     for spec in study.run_specs():
-        cells = CELLS.get(spec.model.family)
+        cells = every_cells.get(spec.model.family)
         if cells is None or spec.strategy.label() not in cells.controls + cells.collapsing:
             continue
         if replicates is not None and spec.replicate >= replicates.get(spec.model.family, 0):
@@ -125,7 +78,7 @@ def first_warning_generation(window: int = WINDOW, agree: int = AGREE) -> int:
 
 def calibration_table(
     onsets: pl.DataFrame,
-    cells: Mapping[str, Cells] = CELLS,
+    cells: Mapping[str, CalibrationCells] | None = None,
     *,
     window: int = WINDOW,
     agree: int = AGREE,
@@ -133,7 +86,10 @@ def calibration_table(
     """Per family, then pooled ("all"): control_runs, control_flagged (share of control runs
     with an onset), control_false_alarm (share raising a false alarm), collapsing_runs,
     collapsing_flagged, late_runs (surely-collapsing runs whose onset comes after the first
-    possible warning) and late_warned (share of those warned in time: a hit)."""
+    possible warning) and late_warned (share of those warned in time: a hit). `cells`: every
+    registered family's (`family_cells`) unless given."""
+    if cells is None:
+        cells = family_cells()
     role = pl.DataFrame(
         [
             {"family": family, "strategy_label": label, "role": kind}

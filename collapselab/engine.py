@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import overload
 
 import numpy as np
 
@@ -90,8 +91,8 @@ def training_growth(spec: RunSpec, *, generations: int) -> float:
     the family must refit (a pool kept as a running summary costs the same every generation).
     Lets a timed short copy of a run stand for the whole run (flows.local.choose_runner)."""
     strategy = build_strategy(spec.strategy)
-    family = get_family(spec.model.family)
-    if strategy.incremental and batches_cell(spec) and family.Batched.incremental:
+    batched = get_family(spec.model.family).Batched
+    if strategy.incremental and batches_cell(spec) and batched and batched.incremental:
         return 1.0
     n = spec.n
 
@@ -124,22 +125,23 @@ def run_cell(specs: list[RunSpec]) -> list[RunOutcome]:
 def _run_batched(specs: list[RunSpec]) -> list[RunOutcome]:
     first = specs[0]
     generations, n, temperature = first.generations, first.n, first.strategy.temperature
-    family = get_family(first.model.family)
+    batched = get_family(first.model.family).Batched
+    if batched is None:
+        raise ValueError(f"the {first.model.family} family has no batched path")
     strategy = build_strategy(first.strategy)
-    incremental = strategy.incremental and family.Batched.incremental
+    incremental = strategy.incremental and batched.incremental
 
     # each replicate's streams, opened as run_chain opens them
     real = build_model(first.model).real_data()
     streams = [real.open(n_test=spec.test_size, seed=spec.real_seed(real.key)) for spec in specs]
     history = BatchHistory(n=n, real=streams, keep_pool=strategy.reads_pool and not incremental)
-    contexts = [
-        RunContext(r0=r0, test=stream.test) for r0, stream in zip(history.r0, streams, strict=True)
-    ]
+    contexts = [RunContext(r0=r0) for r0 in history.r0]
+    tests = [stream.test for stream in streams]
     chain_seeds = [spec.chain_seed().spawn(2) for spec in specs]
     rngs = [np.random.default_rng(chain) for chain, _ in chain_seeds]
-    example_rngs = _LazyGenerators([lambda seed=example: seed for _, example in chain_seeds])
+    example_rngs = _LazyGenerators([_given(example) for _, example in chain_seeds])
     metric_rngs = _LazyGenerators([spec.metric_seed for spec in specs])
-    model: BatchedModel = family.Batched(first.model, contexts=contexts)
+    model: BatchedModel = batched(first.model, contexts=contexts, tests=tests)
 
     outcomes = [RunOutcome(spec) for spec in specs]
     keep_examples = example_generations(generations)
@@ -152,11 +154,13 @@ def _run_batched(specs: list[RunSpec]) -> list[RunOutcome]:
     for t in range(generations + 1):
         train = history.r0_batch() if t == 0 else strategy.training_batch(t, history, rngs)
         if not incremental:
+            if train.data is None:
+                raise ValueError("a strategy kept no training points for a non-incremental fit")
             degenerate = model.fit(train.data)
         else:
             if t == 0:
                 model.pool_start(history.r0)
-            else:
+            elif history.latest is not None:
                 model.pool_add(history.latest)
             degenerate = model.fit_pool()
         if degenerate:
@@ -191,6 +195,11 @@ def _run_batched(specs: list[RunSpec]) -> list[RunOutcome]:
     return outcomes
 
 
+def _given(seed: np.random.SeedSequence) -> Callable[[], np.random.SeedSequence]:
+    """A seed already at hand, in the form `_LazyGenerators` takes."""
+    return lambda: seed
+
+
 class _LazyGenerators(Sequence[np.random.Generator]):
     """One Generator a run, each built from its seed on first use: a family whose metrics draw
     nothing never pays for its metric streams (a seed is a hash of the run's parameters), and
@@ -203,7 +212,15 @@ class _LazyGenerators(Sequence[np.random.Generator]):
     def __len__(self) -> int:
         return len(self._seeds)
 
-    def __getitem__(self, index: int) -> np.random.Generator:
+    @overload
+    def __getitem__(self, index: int) -> np.random.Generator: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.random.Generator]: ...
+
+    def __getitem__(self, index: int | slice) -> np.random.Generator | list[np.random.Generator]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         built = self._built[index]
         if built is None:
             built = self._built[index] = np.random.default_rng(self._seeds[index]())
@@ -262,7 +279,7 @@ class _MetricRecorder:
     def record(
         self, t: int, alive: np.ndarray, metrics: dict[str, np.ndarray], train: TrainingBatch
     ) -> None:
-        if self.names is None:
+        if self.names is None or self.values is None:
             self.names = [*metrics, *BOOKKEEPING]
             shape = (self.replicates, self.generations + 1, len(self.names))
             self.values = np.full(shape, np.nan)
@@ -275,7 +292,7 @@ class _MetricRecorder:
         self.recorded[rows] = t + 1
 
     def finish(self, outcomes: list[RunOutcome]) -> None:
-        if self.names is None:
+        if self.names is None or self.values is None:
             return
         names = np.array(self.names, dtype=object)
         width = len(self.names)

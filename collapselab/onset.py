@@ -30,76 +30,22 @@ raise one: the runs without onset plus the collapsed runs whose warning was a fa
 is the issue's "false alarms over runs without onset" whenever collapsed runs carry none, and
 stays within [0, 1]).
 
-Calibration (studies/calibration.yaml; collapselab.calibration names each family's controls and
-surely-collapsing cells, the study file's header says why). 60 replicates per cell, n = 100,
-30 generations, the defaults below; shares of control runs flagged / surely-collapsing runs
-flagged / control runs with a false alarm / late-onset collapsing runs warned in time:
-    family             controls flagged  collapsing flagged  control false alarm  warned (late)
-    gaussian           3/180  1.7%       120/120 100%        5.0%                 52.6% of 19
-    gmm                5/180  2.8%       120/120 100%        9.4%                 88.9% of 27
-    kde                0/120  0%         58/60   96.7%       7.5%                 63.5% of 52
-    linear-regression  5/120  4.2%       58/60   96.7%       2.5%                 51.1% of 45
-    categorical        0/180  0%         180/180 100%        4.4%                 100% of 28
-    ngram              0/120  0%         180/180 100%        0%                   (no late onset)
-    digits             0/180  0%         120/120 100%        0%                   67.3% of 107
-    all                1.2% of 1080      99.5% of 840        4.3%                 68.3% of 278
-Goals: <= 5%, >= 95%, <= 10%, >= 50%: met by every family and pooled. A family's share over 60
-runs has a binomial standard error of up to 2.8 points (7.5 for the 45 late regression runs), so
-the two families whose levels were re-set were also measured on 400 replicates a cell (kde) and
-800 (regression; seeds 7 and 11): kde 0.4% / 97.5% / 5.0% / 59.9% of 362 (its former rule, 1.5
-confirmed over 4: 0.5% / 96.8% / 8.9% / 57.6%), regression 3.3% / 95.5% / 6.6% / 53.5% of 637
-(former, 7 x generation 0: 3.5% / 96.4% / 9.6% / 47.5%). The regression's 95.5% is the ceiling
-of a level relative to the run's own early error: in about one replace run in 20 the walk does
-not get far enough from w* within 30 generations to pass any level its controls stay under (a
-base from the design's expected error sigma^2 tr((X^T X)^-1), nearly free of noise, would lift
-it to about 98%: measured with its mean sigma^2 d / (n - d - 1) as the base). The rules they
-replace fail the goals on the same runs: persistence 1 for every indicator flags 8.5% of control
-runs; the old 5-point line on the log scale (point prediction, no interval, no agreement) raises
-false alarms in 56.9% of them. PERSISTENCE = 4 is the shortest that keeps the other families'
-controls near or under 5% (3 leaves the Gaussian's fresh-data(p=0.2) at 3.5%); SPAN = 20 against
-5 cuts the Gaussian controls' false alarms from 12% to 4% (200 replicates; 7% with AGREE = 1) at
-the same share of hits.
-
-Default levels (`default_thresholds`):
-- gaussian: `variance_ratio` < 0.5 (half the true variance gone); `tail_mass_ratio` < 0.25 (three
-  quarters of the mass beyond 2 true sd gone: a centred fit's variance ratio of about 0.62).
-- gmm: `component_std_mean` < 0.5 x generation 0 (Shumailov's shrinking blob; not a ratio to the
-  truth, so relative); `tail_mass_ratio` < 0.25 as for the Gaussian.
-- kde: `variance_ratio` > 1.6 confirmed over 2 generations, and `variance_ratio` < 0.5 (a small
-  bandwidth heads for the diffusion limit from above: shrinkage; no calibration cell reaches it).
-  Sampling adds h^2 T of variance a generation, towards (n - 1) h^2 T per dimension. Real data
-  holds it at a plateau: fresh-data(p) near 1 + h^2 / (p v*) with v* the truth's variance per
-  coordinate (about 1.14 at p = 0.2, h = 0.5, v* = 6.8, after the (1 - 1/n) shrink), but each run
-  wanders about it as a walk that keeps 80% of itself a generation: sd 0.13 between runs, 99th
-  percentile 1.50 (400 runs, generations 15-30). The former level 1.5 sat on that percentile, and
-  fresh-data's early climb from 1.04 to the plateau drew the trend past it (12.5% of control runs
-  with a false alarm at 60 replicates); 1.6 is 3.6 sd above the plateau. Replace diffuses with a
-  drift of h^2 T a generation that never reverts (88% of the generations after a first crossing of
-  1.6 stay past it), so 2 generations confirm it where the controls' rare excursions need 4; with
-  4 the higher level would flag only 94.5% of replace(T=2) runs within 30 generations.
-- linear-regression: `weight_sq_error` > 5 x the mean of generations 0-2, confirmed over 2
-  generations, warned by a linear trend on one window (agree 1). Replace's error is a Gaussian
-  walk in weight space, so E||w_t - w*||^2 = (t + 1) E0 grows linearly (E0 = sigma^2 d/(n-d-1),
-  literature item 4); accumulate's stays under pi^2/6 E0, fixed-fraction(p=0.5)'s near 2 E0.
-  Generation 0's error alone is one weighted chi-square draw with d degrees of freedom
-  (coefficient of variation about sqrt(2 / d) = 0.63 at d = 5): relative to it, the former 7x
-  flagged 3.5% of control runs, raised false alarms in 9.6% and warned 47.5% of late onsets in
-  time (800 replicates a cell; 5x generation 0 over 2 generations flagged 17.9%). The mean of the
-  first three fits (before synthetic labels have compounded much: 2 E0 under replace, about 1.2 E0
-  under accumulate) is a steadier base; 5x it is 10 E0 for replace, about four times the controls'
-  plateaus. A linear trend is the family's own law (the log of a linear growth bends and its
-  extrapolation overshoots the controls' early rise to their plateau: 14.1% false alarms at agree
-  1); on the linear scale the squared norm's skewed, level-dependent noise makes one window's 95%
-  bound conservative already (control false alarms 2.9% at agree 2, 6.6% at agree 1), and a second
-  window costs a generation of lead to onsets near generation 10 (late onsets warned in time 40.8%
-  against 53.5%). Persistence 2 for the same reason as the kde's: replace's walk drifts away for
-  good, while fixed-fraction's error reverts within a generation or two (it keeps half its labels
-  real); with 4, 91.9% of replace runs are flagged within 30 generations.
-- categorical: `vocab_survival` < 0.4 x generation 0 (every strategy drops to about 0.75 at
-  generation 1, the words model 0 saw once; controls then stay above 0.45, replace falls for good).
-- ngram: `test_perplexity` > 2 x generation 0 (controls settle near 1.6x; replace passes 2x within
-  a few generations and keeps rising).
-- digits: `class_diversity` < 0.7 log 10 (controls stay near 2.15 of log 10 = 2.30).
+Calibration (studies/calibration.yaml; each family's `calibration` names its controls and
+surely-collapsing cells, the study file's header says why): 60 replicates per cell, n = 100, 30
+generations. Each family's default indicators are its `collapse_indicators` (`default_thresholds`),
+and its file says why each level was chosen and what share of its control runs it flags, of its
+surely-collapsing runs, of control runs with a false alarm and of late-onset collapsing runs
+warned in time. Pooled over the seven built-in families: 1.2% of 1080 control runs flagged, 99.5%
+of 840 surely-collapsing runs, 4.3% of control runs with a false alarm, 68.3% of 278 late onsets
+warned in time. Goals: <= 5%, >= 95%, <= 10%, >= 50%: met by every family and pooled. A family's
+share over 60 runs has a binomial standard error of up to 2.8 points, so the families whose levels
+were re-set were also measured on 400 or 800 replicates a cell (their files give the numbers). The
+rules they replace fail the goals on the same runs: persistence 1 for every indicator flags 8.5%
+of control runs; the old 5-point line on the log scale (point prediction, no interval, no
+agreement) raises false alarms in 56.9% of them. PERSISTENCE = 4 is the shortest that keeps the
+controls near or under 5% (3 leaves the Gaussian family's fresh-data(p=0.2) at 3.5%); SPAN = 20
+against 5 cuts the Gaussian controls' false alarms from 12% to 4% (200 replicates; 7% with
+AGREE = 1) at the same share of hits.
 """
 
 from __future__ import annotations
@@ -132,41 +78,43 @@ DEGENERATE = "degenerate"
 DEGENERATE_STATUSES = frozenset({"degenerate", "collapsed"})
 FAILED = "failed"
 HIT, FALSE_ALARM = "hit", "false alarm"
-#: The KDE's diffusion level: its variance over the truth's.
-KDE_SPREAD = 1.6
 
-ONSET_SCHEMA = {
-    "run_id": pl.String,
-    "family": pl.String,
-    "model": pl.String,
-    "strategy_label": pl.String,
-    "replicate": pl.Int64,
-    "onset": pl.Int64,
-    "indicator": pl.String,
-    "unconfirmed": pl.Int64,
-    "last_generation": pl.Int64,
-    "warning": pl.Int64,
-    "warning_outcome": pl.String,
-}
-VERDICT_SCHEMA = {
-    "family": pl.String,
-    "model": pl.String,
-    "strategy_label": pl.String,
-    "runs": pl.Int64,
-    "collapsed": pl.Int64,
-    "collapsed_share": pl.Float64,
-    "collapsed_low": pl.Float64,
-    "collapsed_high": pl.Float64,
-    "median_onset": pl.Float64,
-    "unconfirmed": pl.Int64,
-    "warned": pl.Int64,
-    "hits": pl.Int64,
-    "false_alarms": pl.Int64,
-    "false_alarm_rate": pl.Float64,
-    "median_lead": pl.Float64,
-    "generations": pl.Int64,
-    "rank": pl.Int64,
-}
+ONSET_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "family": pl.String,
+        "model": pl.String,
+        "strategy_label": pl.String,
+        "replicate": pl.Int64,
+        "onset": pl.Int64,
+        "indicator": pl.String,
+        "unconfirmed": pl.Int64,
+        "last_generation": pl.Int64,
+        "warning": pl.Int64,
+        "warning_outcome": pl.String,
+    }
+)
+VERDICT_SCHEMA = pl.Schema(
+    {
+        "family": pl.String,
+        "model": pl.String,
+        "strategy_label": pl.String,
+        "runs": pl.Int64,
+        "collapsed": pl.Int64,
+        "collapsed_share": pl.Float64,
+        "collapsed_low": pl.Float64,
+        "collapsed_high": pl.Float64,
+        "median_onset": pl.Float64,
+        "unconfirmed": pl.Int64,
+        "warned": pl.Int64,
+        "hits": pl.Int64,
+        "false_alarms": pl.Int64,
+        "false_alarm_rate": pl.Float64,
+        "median_lead": pl.Float64,
+        "generations": pl.Int64,
+        "rank": pl.Int64,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -207,7 +155,7 @@ class Threshold:
         or the mean of the first `baseline` generations')."""
         return self.value * start if self.relative else self.value
 
-    def past(self, values: np.ndarray, level: float) -> np.ndarray:
+    def past(self, values: np.ndarray, level: float | np.ndarray) -> np.ndarray:
         """Whether each value is past the level (NaN never is)."""
         return values < level if self.direction == "below" else values > level
 
@@ -226,37 +174,11 @@ class Threshold:
 
 
 def default_thresholds() -> dict[str, list[Threshold]]:
-    """Each family's collapse indicators, calibrated on studies/calibration.yaml (the module
-    docstring says why these levels)."""
-    return {
-        "gaussian": [
-            Threshold("variance_ratio", "below", 0.5),
-            Threshold("tail_mass_ratio", "below", 0.25),
-        ],
-        "gmm": [
-            Threshold("component_std_mean", "below", 0.5, relative=True),
-            Threshold("tail_mass_ratio", "below", 0.25),
-        ],
-        "kde": [
-            Threshold("variance_ratio", "above", KDE_SPREAD, persistence=2),
-            Threshold("variance_ratio", "below", 0.5),
-        ],
-        "linear-regression": [
-            Threshold(
-                "weight_sq_error",
-                "above",
-                5.0,
-                relative=True,
-                baseline=3,
-                persistence=2,
-                trend="linear",
-                agree=1,
-            )
-        ],
-        "categorical": [Threshold("vocab_survival", "below", 0.4, relative=True)],
-        "ngram": [Threshold("test_perplexity", "above", 2.0, relative=True)],
-        "digits": [Threshold("class_diversity", "below", 0.7 * math.log(10))],
-    }
+    """Every registered family's collapse indicators (`ModelFamily.collapse_indicators`, plug-ins
+    included), calibrated on studies/calibration.yaml; each family's file says why its levels."""
+    from collapselab.models import FAMILIES  # lazy: the families import Threshold from here
+
+    return {name: list(family.collapse_indicators) for name, family in FAMILIES.items()}
 
 
 def threshold_from_mapping(entry: Mapping[str, Any]) -> Threshold:
@@ -281,6 +203,9 @@ def thresholds_from_config(config: Mapping[str, Any]) -> dict[str, list[Threshol
     """The defaults with a study's `collapse_thresholds` applied: a family listed there gets
     exactly its listed thresholds (an empty list leaves only status-collapsed runs). `config` is
     the study as stored in the `studies` table (JSON, defaults filled in) or any such mapping."""
+    from collapselab.models import load_study_families  # plug-ins named by the study
+
+    load_study_families(config)
     thresholds = default_thresholds()
     for family, entries in (config.get("collapse_thresholds") or {}).items():
         thresholds[family] = [threshold_from_mapping(entry) for entry in entries]
@@ -477,7 +402,8 @@ def onset_by_run(
     judged = []
     for (family,), runs_of_family in spine.sort("run_id").group_by("family", maintain_order=True):
         family_thresholds = thresholds.get(family, [])
-        width = int(runs_of_family["last_generation"].max() or -1) + 1
+        reach = runs_of_family["last_generation"].max()
+        width = reach + 1 if isinstance(reach, int) else 0
         block = max(1, CELLS_PER_BLOCK // max(width, 1))
         for offset in range(0, runs_of_family.height, block):
             part = runs_of_family.slice(offset, block)

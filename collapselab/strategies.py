@@ -220,12 +220,17 @@ class BatchHistory:
             self._pool[:, self._pool_size : needed] = samples
         self._pool_size = needed
 
-    def latest_batch(self) -> TrainingBatch:
+    def latest_points(self) -> np.ndarray:
+        """S_{t-1} of every replicate, (R, n, *point_shape)."""
         if self.latest is None:
             raise ValueError("no synthetic samples yet: model 0 trains on R0")
+        return self.latest
+
+    def latest_batch(self) -> TrainingBatch:
+        latest = self.latest_points()
         return TrainingBatch.shared(
-            self.latest,
-            _synthetic_origin(self.latest.shape[1], self.latest_generation),
+            latest,
+            _synthetic_origin(latest.shape[1], self.latest_generation),
             replicates=self.replicates,
         )
 
@@ -468,9 +473,9 @@ class FixedFraction(Strategy):
         synthetic[rows, real_positions] = False
         # each row's remaining positions in increasing order, as setdiff1d returns them
         synthetic_positions = np.nonzero(synthetic)[1].reshape(len(rngs), n - k)
-        latest = history.latest_batch()
+        latest = history.latest_points()
         data = np.concatenate(
-            [history.r0[rows, real_positions], latest.data[rows, synthetic_positions]], axis=1
+            [history.r0[rows, real_positions], latest[rows, synthetic_positions]], axis=1
         )
         origin = _synthetic_origin(n, history.latest_generation, real=k)
         return TrainingBatch.shared(data, origin, replicates=len(rngs))
@@ -499,8 +504,8 @@ class FreshData(Strategy):
         self, t: int, history: BatchHistory, rngs: list[np.random.Generator]
     ) -> TrainingBatch:
         n, k = history.n, self.params.real_count(history.n)
-        latest = history.latest_batch()
+        latest = history.latest_points()
         fresh = np.stack([stream.take(k) for stream in history.real])
-        data = np.concatenate([fresh, latest.data[:, : n - k]], axis=1)
+        data = np.concatenate([fresh, latest[:, : n - k]], axis=1)
         origin = _synthetic_origin(n, history.latest_generation, real=k)
         return TrainingBatch.shared(data, origin, replicates=len(rngs))

@@ -1,19 +1,25 @@
 """Closed forms from ../shared/literature.md: reference curves and statistical-test targets.
 
 Convention: model t has been fitted t + 1 times (model 0 on real data). n = points per fit.
-`reference_curve` maps a run's parameters to the closed forms that hold for it exactly; the report
-draws them and `collapselab validate` (collapselab/validate.py) tests the simulation against them.
+This module is the literature: the formulas, each a function of t and its constants. Which of them
+hold for a run is the run's family's knowledge (`ModelFamily.references`, which builds
+`ClosedForm`s from these functions); `reference_curve` asks the family through the registry, the
+report draws the curves and `collapselab validate` (collapselab/validate.py) tests the simulation
+against them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:
+    from collapselab.models.base import FamilyParams, ModelFamily
 
 
 def gaussian_mle_variance_ratio(t: np.ndarray | int, n: int) -> np.ndarray:
@@ -89,117 +95,37 @@ class ClosedForm:
     curve: Callable[[np.ndarray], np.ndarray]
 
 
-def _replace_like(strategy: dict[str, Any]) -> bool:
-    """`replace`, or a real-data strategy at fraction 0, which builds exactly S_{t-1}."""
+def replace_like(strategy: Mapping[str, Any]) -> bool:
+    """`replace`, or a real-data strategy at fraction 0, which builds exactly S_{t-1}: the
+    strategies most closed forms are stated for (a family's `references` asks)."""
     name = strategy.get("name")
     if name == "replace":
         return True
     return name in ("fixed-fraction", "fresh-data") and strategy.get("real_fraction") == 0
 
 
-def _family_params(model: dict[str, Any]) -> Any | None:
-    """The family's validated parameters (defaults filled in), or None if not a known family."""
-    from collapselab.models import FAMILIES  # lazy: theory stays importable on its own
+def _family_and_params(model: Mapping[str, Any]) -> tuple[type[ModelFamily], FamilyParams] | None:
+    """The run's family and its validated parameters (defaults filled in), or None when the
+    family is not registered or the parameters are not valid for it."""
+    from collapselab.models import get_family  # lazy: families import this module
 
-    family = FAMILIES.get(str(model.get("family")))
-    if family is None:
-        return None
     try:
-        return family.Params.model_validate(model)
-    except ValueError:  # pydantic's ValidationError: not a valid set of parameters
+        family = get_family(str(model.get("family")))
+        return family, family.Params.model_validate(model)
+    except ValueError:  # an unknown family, or pydantic's ValidationError
         return None
 
 
-def _references(model: dict[str, Any], strategy: dict[str, Any], n: int) -> list[ClosedForm]:
-    """Every closed form of ../shared/literature.md that covers these parameters exactly."""
+def _references(model: Mapping[str, Any], strategy: Mapping[str, Any], n: int) -> list[ClosedForm]:
+    """Every closed form of ../shared/literature.md that covers these parameters exactly, as the
+    run's family states them (`ModelFamily.references`): temperature 1 and n >= 2 only."""
     if strategy.get("temperature", 1.0) != 1.0 or n < 2:
         return []
-    params = _family_params(model)
-    if params is None:
+    resolved = _family_and_params(model)
+    if resolved is None:
         return []
-    family, replace = params.family, _replace_like(strategy)
-    if family == "gaussian" and replace:
-        if params.estimator == "mle":
-            return [
-                ClosedForm(
-                    "variance_ratio",
-                    f"E[variance ratio] = (1 - 1/n)^(t+1), n = {n}",
-                    lambda t: gaussian_mle_variance_ratio(t, n),
-                )
-            ]
-        cov = np.eye(params.dim) if params.cov is None else np.asarray(params.cov, dtype=float)
-        trace = float(np.trace(cov))
-        return [
-            ClosedForm(
-                "variance_ratio",
-                "E[variance ratio] = 1 (a martingale)",
-                lambda t: gaussian_unbiased_variance_ratio(t, n),
-            ),
-            ClosedForm(
-                "mean_sq_error",
-                f"E[mean sq. error] = tr(Sigma) (t+1)/n, tr(Sigma) = {trace:g}, n = {n}",
-                lambda t: gaussian_unbiased_mean_sq_error(t, n, trace),
-            ),
-        ]
-    if family == "linear-regression" and n >= params.dim + 2:
-        d, noise = params.dim, params.noise_var
-        where = f"sigma^2 = {noise:g}, d = {d}, T = {n}"
-        if replace:
-            return [
-                ClosedForm(
-                    "weight_sq_error",
-                    f"E[weight sq. error] = sigma^2 d (t+1)/(T - d - 1), {where}",
-                    lambda t: regression_replace_weight_sq_error(t, n, d, noise),
-                )
-            ]
-        if strategy.get("name") == "accumulate":
-            return [
-                ClosedForm(
-                    "weight_sq_error",
-                    f"E[weight sq. error] = sigma^2 d/(T - d - 1) sum_(i<=t+1) 1/i^2, {where}",
-                    lambda t: regression_accumulate_weight_sq_error(t, n, d, noise),
-                )
-            ]
-    if family == "categorical" and replace and params.smoothing == 0:
-        from collapselab.models.categorical import english_vocabulary  # lazy: loads wordfreq
-
-        truth = english_vocabulary(params.vocab_size)[1]
-        truth_gs = float(1.0 - truth @ truth)
-        return [
-            ClosedForm(
-                "gini_simpson",
-                f"E[Gini-Simpson] = GS(truth) (1 - 1/n)^(t+1), GS(truth) = {truth_gs:.4f}, n = {n}",
-                lambda t: categorical_gini_simpson(t, n, truth_gs),
-            )
-        ]
-    if family == "kde" and replace:
-        centres = np.asarray(params.centers, dtype=float)
-        spread = np.sum((centres - centres.mean(axis=0)) ** 2, axis=1).mean() / centres.shape[1]
-        # R0's ML variance per dimension: (1 - 1/n) times the truth mixture's
-        v0 = (1.0 - 1.0 / n) * (params.cluster_std**2 + float(spread))
-        if isinstance(params.bandwidth, str):
-            from collapselab.models.kde import rule_of_thumb_factor  # lazy, as above
-
-            c = rule_of_thumb_factor(params.bandwidth, n, centres.shape[1])
-            growth = 1.0 - 1.0 / n + c * c
-            return [
-                ClosedForm(
-                    "train_variance",
-                    f"E[train variance] = v0 (1 - 1/n + c^2)^t = {v0:.3g} x {growth:.4g}^t, "
-                    f"{params.bandwidth} factor c = {c:.4g}, n = {n}",
-                    lambda t: kde_rule_train_variance(t, n, c, v0),
-                )
-            ]
-        h = float(params.bandwidth)
-        return [
-            ClosedForm(
-                "train_variance",
-                f"E[train variance] -> (n - 1) h^2 = {(n - 1) * h * h:g} by (1 - 1/n) a "
-                f"generation from {v0:.3g}, n = {n}, h = {h:g}",
-                lambda t: kde_train_variance(t, n, h, v0),
-            )
-        ]
-    return []
+    family, params = resolved
+    return family.references(params, strategy=strategy, n=n)
 
 
 def reference_curve(
@@ -225,14 +151,13 @@ def describe_reference(
     )
 
 
-def value_after_degenerate(*, model: dict[str, Any], metric: str) -> float | None:
+def value_after_degenerate(*, model: Mapping[str, Any], metric: str) -> float | None:
     """The value `metric` keeps for ever once a chain's fit has degenerated (status `degenerate`),
-    when its closed form averages over such chains too: a categorical chain left with one word
-    sits in Wright-Fisher's absorbing state, Gini-Simpson 0. None: degenerate chains are outside
-    the law (drop them)."""
-    if model.get("family") == "categorical" and metric == "gini_simpson":
-        return 0.0
-    return None
+    when its closed form averages over such chains too, as the run's family states it
+    (`ModelFamily.value_after_degenerate`). None: degenerate chains are outside the law (drop
+    them)."""
+    resolved = _family_and_params(model)
+    return None if resolved is None else resolved[0].value_after_degenerate(metric)
 
 
 def deviation_table(
@@ -277,4 +202,4 @@ def max_deviation_in_se(
     `deviation_table` (count >= 2, sd > 0; non-finite values ignored). NaN only when no generation
     qualifies, so a caption can say "largest deviation: 1.8 SE" or nothing."""
     z = deviation_table(observed, expected, generations=generations)["z"]
-    return float(z.abs().max()) if z.len() else math.nan
+    return float(z.abs().to_numpy().max()) if z.len() else math.nan

@@ -1,8 +1,8 @@
 """The default collapse rules meet their goals on the calibration study's known cells, within
 binomial Monte Carlo error, and the same check rejects the rules they replaced.
 
-CI-sized: the first `CI_REPLICATES[family]` replicates of each family's controls and surely-
-collapsing cells (studies/calibration.yaml, collapselab.calibration), run here in one process.
+CI-sized: the first `ci_replicates()[family]` replicates of each family's controls and surely-
+collapsing cells (its `calibration`; studies/calibration.yaml), run here in one process.
 A goal "share <= g" (or ">= g") is met when the observed share lies within Z binomial standard
 errors sqrt(g (1 - g) / runs) of g on the allowed side; Z = 2.33 is a one-sided 1% test per check.
 """
@@ -16,15 +16,15 @@ import polars as pl
 import pytest
 
 from collapselab.calibration import (
-    CELLS,
-    CI_REPLICATES,
     calibration_specs,
     calibration_study,
     calibration_table,
+    ci_replicates,
+    family_cells,
     simulate,
 )
 from collapselab.models import FAMILIES
-from collapselab.onset import onset_by_run
+from collapselab.onset import onset_by_run, thresholds_from_config
 
 Z = 2.33
 #: (column, its runs column, goal, direction): the goals of issue 8, items 1 and 2.
@@ -56,26 +56,29 @@ def missed_goals(table: pl.DataFrame) -> list[str]:
 @pytest.fixture(scope="module")
 def calibration_runs() -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     study = calibration_study()
-    tidy, runs = simulate(calibration_specs(study, CI_REPLICATES))
-    return tidy, runs, study.onset_thresholds()
+    tidy, runs = simulate(calibration_specs(study, ci_replicates()))
+    return tidy, runs, thresholds_from_config(study.model_dump(mode="json"))
 
 
 def test_every_family_has_calibration_cells_in_the_study_file():
     study = calibration_study()
     labels = {s.label() for s in study.strategies}
-    assert set(CELLS) == set(FAMILIES) == {m.family for m in study.models}
-    for family, cells in CELLS.items():
-        assert cells.controls and cells.collapsing, family
+    cells_by_family = family_cells()
+    assert set(cells_by_family) == set(FAMILIES) == {m.family for m in study.models}
+    for family, cells in cells_by_family.items():
+        assert cells is FAMILIES[family].calibration
+        assert cells.controls and cells.collapsing and cells.why, family
         assert set(cells.controls + cells.collapsing) <= labels, family
         assert not set(cells.controls) & set(cells.collapsing), family
-        assert study.replicates >= CI_REPLICATES[family], family
+        assert 1 <= cells.ci_replicates <= study.replicates, family
 
 
+@pytest.mark.slow  # simulates every family's calibration cells
 def test_default_rules_meet_the_goals_within_monte_carlo_error(calibration_runs):
     tidy, runs, thresholds = calibration_runs
     assert runs.filter(pl.col("status") == "failed").is_empty()
     table = calibration_table(onset_by_run(tidy, runs, thresholds))
-    assert set(table["family"]) == {*CELLS, "all"}
+    assert set(table["family"]) == {*family_cells(), "all"}
     assert missed_goals(table) == [], table
     pooled = table.filter(pl.col("family") == "all").row(0, named=True)
     assert pooled["control_runs"] >= 600 and pooled["late_runs"] >= 100
@@ -92,6 +95,7 @@ def without_own_settings(thresholds: dict) -> dict:
     }
 
 
+@pytest.mark.slow  # simulates every family's calibration cells
 def test_a_single_crossing_or_the_old_five_point_line_is_rejected(calibration_runs):
     tidy, runs, thresholds = calibration_runs
     plain = without_own_settings(thresholds)

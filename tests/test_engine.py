@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from collapselab import engine
-from collapselab.chain import COMPLETED, DEGENERATE, plan_batches, run_chain, run_many
+from collapselab.chain import COMPLETED, DEGENERATE, run_chain, run_many
 from collapselab.config import RunSpec, parse_study
 from collapselab.models import FAMILIES
 from collapselab.strategies import STRATEGIES
@@ -223,40 +223,6 @@ def test_run_cell_refuses_runs_of_different_cells():
     other = cell({"family": "gaussian"}, "accumulate", replicates=1)
     with pytest.raises(ValueError, match="one cell"):
         engine.run_cell(specs + other)
-
-
-def test_plan_batches_keeps_cells_whole_unless_workers_would_idle():
-    def specs(cells: int, replicates: int):
-        study = parse_study(
-            {
-                "name": "b",
-                "seed": 0,
-                "generations": 1,
-                "replicates": replicates,
-                "samples_per_generation": 5,
-                "models": [{"family": "gaussian", "dim": d} for d in range(1, cells + 1)],
-                "strategies": ["replace"],
-            }
-        )
-        return study.run_specs()
-
-    many = specs(20, 3)
-    batches = plan_batches(many, workers=2)
-    assert [s for b in batches for s in b] == many
-    assert all(len(engine.cells(b)) == 1 and len(b) == 3 for b in batches)  # whole cells
-
-    one = specs(1, 1000)
-    batches = plan_batches(one, workers=2)
-    assert [s for b in batches for s in b] == one
-    assert len(batches) == 8 and {len(b) for b in batches} == {125}  # four a worker, equal
-
-    three = specs(3, 40)
-    batches = plan_batches(three, workers=2)
-    assert len(batches) == 8 and all(len(engine.cells(b)) == 1 for b in batches)
-    assert max(len(b) for b in batches) <= 20
-
-    assert all(len(b) <= 7 for b in plan_batches(one, workers=2, batch_size=7))
-    assert all(len(b) <= 300 for b in plan_batches(one, workers=1, max_batch=300))
 
 
 @pytest.mark.parametrize("strategy", ["accumulate", "accumulate-subsample"])

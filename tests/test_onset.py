@@ -23,6 +23,7 @@ from collapselab.onset import (
     onset_by_run,
     threshold_from_mapping,
     thresholds_frame,
+    thresholds_from_config,
     verdict_table,
 )
 from collapselab.store import Store
@@ -99,6 +100,7 @@ def test_defaults_cover_every_family_with_its_own_metrics():
     assert set(defaults) == set(FAMILIES)
     for family, thresholds in defaults.items():
         assert thresholds, family
+        assert thresholds == list(FAMILIES[family].collapse_indicators), family
         for threshold in thresholds:
             assert threshold.metric in FAMILIES[family].metric_names, (family, threshold)
     rules = thresholds_frame(defaults)
@@ -106,6 +108,26 @@ def test_defaults_cover_every_family_with_its_own_metrics():
     assert "variance_ratio > 1.6 for 2 generations" in rules["rule"]
     assert "variance_ratio < 0.5" in rules["rule"].to_list()
     assert (PERSISTENCE, WINDOW, HORIZON, AGREE) == (4, 5, 10, 2)
+
+
+def test_a_registered_plug_in_brings_its_own_indicators_and_a_study_can_replace_them(
+    monkeypatch,
+):
+    """default_thresholds reads the registry: a family registered from outside the package
+    (here a subclass of a built-in under its own name) is judged by its own indicators."""
+    gaussian = FAMILIES["gaussian"]
+    plug_in = type(
+        "PlugIn",
+        (gaussian,),
+        {"name": "plug-in", "collapse_indicators": (Threshold("mean_sq_error", "above", 3.0),)},
+    )
+    monkeypatch.setitem(FAMILIES, "plug-in", plug_in)
+    assert default_thresholds()["plug-in"] == [Threshold("mean_sq_error", "above", 3.0)]
+    overridden = thresholds_from_config(
+        {"collapse_thresholds": {"plug-in": [{"metric": "variance_ratio", "below": 0.2}]}}
+    )
+    assert overridden["plug-in"] == [Threshold("variance_ratio", "below", 0.2)]
+    assert overridden["gaussian"] == list(gaussian.collapse_indicators)
 
 
 @pytest.mark.parametrize("persistence", [1, 2, 4, 6])
@@ -508,7 +530,8 @@ def test_real_chains_replace_at_low_temperature_collapses_accumulate_does_not(tm
     store = Store(tmp_path / "onset.duckdb")
     store.ingest(runs, metrics)
     tidy, stored_runs = store.tidy("onset"), store.runs("onset")
-    onsets = onset_by_run(tidy, stored_runs, study.onset_thresholds())
+    study_thresholds = thresholds_from_config(study.model_dump(mode="json"))
+    onsets = onset_by_run(tidy, stored_runs, study_thresholds)
     table = {r["strategy_label"]: r for r in verdict_table(onsets).iter_rows(named=True)}
 
     hot, kept = table["replace(T=0.8)"], table["accumulate"]
@@ -522,7 +545,7 @@ def test_real_chains_replace_at_low_temperature_collapses_accumulate_does_not(tm
     assert (kept["rank"], hot["rank"]) == (1, 2)
 
     # every onset starts the first stretch of PERSISTENCE generations past a level, by a plain loop
-    thresholds = {t.metric: t for t in study.onset_thresholds()["gaussian"]}
+    thresholds = {t.metric: t for t in study_thresholds["gaussian"]}
 
     def first_stretch(run_id: str, metric: str) -> int | None:
         series = (
@@ -563,7 +586,8 @@ def test_onset_distribution_matches_the_variance_random_walk():
     )
     runs, metrics = outcomes_to_frames(run_many(study.run_specs()))
     # the first generation past the level: no persistence asked
-    by_run = onset_by_run(metrics, runs, study.onset_thresholds(), persistence=1)
+    study_thresholds = thresholds_from_config(study.model_dump(mode="json"))
+    by_run = onset_by_run(metrics, runs, study_thresholds, persistence=1)
     assert set(by_run["indicator"].drop_nulls()) == {"variance_ratio"}
     onsets = by_run["onset"].to_numpy()  # float, NaN where none
 

@@ -8,9 +8,20 @@ a tuple where an array is expected) are absorbed inside the family, never by its
 
 from __future__ import annotations
 
+import importlib
+import re
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import (
+    EntryPoint,
+    PackageNotFoundError,
+    entry_points,
+    packages_distributions,
+)
+from importlib.metadata import version as distribution_version
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
@@ -105,13 +116,14 @@ class Degenerate(Exception):
 @dataclass(frozen=True)
 class RunContext:
     """What a run's models may know beyond their training set: R0 (a regression relabels its
-    fixed design) and the held-out test set (for metrics only, never for fitting).
+    fixed design, an n-gram scores its samples under a model of it). The held-out test set is
+    not in it: it reaches only `metrics`, so no fit can see it.
 
-    `memo` keeps what a family derives from them once a run (a summary of the test set), since
-    the chain builds a new model every generation; keys are prefixed with the family's name."""
+    `memo` keeps what a family derives once a run (a summary of the test set `metrics` gets
+    every generation), since the chain builds a new model every generation; keys are prefixed
+    with the family's name."""
 
     r0: np.ndarray
-    test: np.ndarray
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -200,7 +212,9 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def score(self, X: np.ndarray) -> float:
-        """Mean negative log-likelihood of `X` under the fitted model, in nats per point."""
+        """Mean negative log-likelihood of `X` under the fitted model, in nats per point of `X`
+        (what a point is, and so the unit, is the family's: `metrics_info["test_nll"].unit`
+        says it where the family reports the score)."""
 
     @abstractmethod
     def metrics(self, test: np.ndarray, *, rng: np.random.Generator) -> dict[str, float]:
@@ -261,7 +275,14 @@ class BatchedModel(ABC):
     #: cross-products) and fit on it: an accumulating strategy then costs O(n) a generation.
     incremental: ClassVar[bool] = False
 
-    def __init__(self, params: FamilyParams, *, contexts: list[RunContext]) -> None:
+    def __init__(
+        self, params: FamilyParams, *, contexts: list[RunContext], tests: list[np.ndarray]
+    ) -> None:
+        """`tests[r]` is replicate r's held-out test set, for `metrics` only: a family
+        summarises it here once (its fits never see it) and keeps the summary in step with
+        `keep`."""
+        if len(tests) != len(contexts):
+            raise ValueError(f"{len(tests)} test sets for {len(contexts)} replicates")
         self.params = params
         self.contexts = contexts
 
@@ -277,15 +298,16 @@ class BatchedModel(ABC):
 
     @abstractmethod
     def sample(
-        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+        self, n: int, *, rngs: Sequence[np.random.Generator], temperature: float = 1.0
     ) -> np.ndarray:
         """(R, n, *point_shape): replicate r's n points, drawn with rngs[r] exactly as
         `ModelFamily.sample` draws them."""
 
     @abstractmethod
-    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+    def metrics(self, *, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
         """Every metric of `ModelFamily.metrics`, each an (R,) array, against each replicate's
-        truth and held-out test set (contexts[r].test); rngs[r] is replicate r's metric stream."""
+        truth and held-out test set (the constructor's `tests`); rngs[r] is replicate r's metric
+        stream."""
 
     @abstractmethod
     def keep(self, mask: np.ndarray) -> None:
@@ -311,7 +333,31 @@ class BatchedModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} keeps no running pool summary")
 
 
+# --- the registry: built-in families, installed plug-ins and classes named by import path -----
+
+#: The entry-point group an installed package declares its families in:
+#: `[project.entry-points."collapselab.families"] poisson = "collapselab_poisson:PoissonFamily"`.
+ENTRY_POINT_GROUP = "collapselab.families"
+
 FAMILIES: dict[str, type[ModelFamily]] = {}
+
+#: `package.module:ClassName`: only dotted identifiers, so a study names code, never carries it.
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class PluginOrigin:
+    """Where a family from outside collapselab came from: provenance records `distribution`
+    with the code version, and a later process finds the class again by `import_path`."""
+
+    import_path: str
+    #: "collapselab-poisson 0.1.0": the installed distribution that ships the module, or None
+    #: for a module importable from a path that belongs to no distribution.
+    distribution: str | None
+
+
+#: Every family registered from outside collapselab, by name.
+PLUGINS: dict[str, PluginOrigin] = {}
 
 
 def register(cls: type[ModelFamily]) -> type[ModelFamily]:
@@ -322,12 +368,208 @@ def register(cls: type[ModelFamily]) -> type[ModelFamily]:
     return cls
 
 
-def get_family(name: str) -> type[ModelFamily]:
+@cache
+def _entry_points() -> dict[str, EntryPoint]:
+    """The installed plug-ins by entry-point name, read once a process (and only when a study
+    names a family that is not built in: reading them costs a scan of every installed package)."""
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)
+    return found
+
+
+def _distribution_of(module: str) -> str | None:
+    """'name version' of the installed distribution whose files provide top-level `module`."""
+    top = module.partition(".")[0]
+    for name in packages_distributions().get(top, []):
+        try:
+            return f"{name} {distribution_version(name)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _entry_point_distribution(entry: EntryPoint) -> str | None:
+    dist = entry.dist
+    if dist is None:
+        return _distribution_of(entry.module)
+    return f"{dist.metadata['Name'] or dist.name} {dist.version}"
+
+
+def _check_family(cls: object, *, what: str, fix: str) -> type[ModelFamily]:
+    """`cls` if it is a usable family class, else ValueError naming `what` and `fix`."""
+    if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
+        kind = f"class {cls.__name__}" if isinstance(cls, type) else type(cls).__name__
+        raise ValueError(f"{what} is a {kind}, not a collapselab ModelFamily subclass; {fix}")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise ValueError(f"{what} does not implement {', '.join(missing)}; {fix}")
+    name = getattr(cls, "name", None)
+    params = getattr(cls, "Params", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} has no `name` (the family's name in study files); {fix}")
+    if not (isinstance(params, type) and issubclass(params, FamilyParams)):
+        raise ValueError(f"{what} has no `Params` subclass of FamilyParams; {fix}")
+    tag = params.model_fields["family"].default
+    if tag != name:
+        raise ValueError(
+            f"{what}: Params.family defaults to {tag!r} but the family's name is {name!r}; "
+            f"declare `family: Literal[{name!r}] = {name!r}` in its Params"
+        )
+    return cls
+
+
+def _register_plugin(cls: type[ModelFamily], origin: PluginOrigin, *, what: str) -> None:
+    """Register a family from outside collapselab, refusing a name already taken by another."""
+    taken = FAMILIES.get(cls.name)
+    if taken is cls:
+        return
+    if taken is not None:
+        owner = PLUGINS.get(cls.name)
+        by = f"the plug-in {owner.import_path}" if owner else "a built-in family"
+        raise ValueError(
+            f"{what} is named {cls.name!r}, which {by} already uses; give the plug-in's class "
+            "another `name`"
+        )
+    FAMILIES[cls.name] = cls
+    PLUGINS[cls.name] = origin
+
+
+def _import_family(path: str) -> type[ModelFamily]:
+    """The family class at `module:ClassName`, from a module that is already importable."""
+    if not _IMPORT_PATH.match(path):
+        raise ValueError(
+            f"model family {path[:80]!r} is not an import path; write `package.module:ClassName` "
+            "(a module that is installed or on PYTHONPATH)"
+        )
+    module_name, _, class_name = path.partition(":")
     try:
-        return FAMILIES[name]
-    except KeyError:
-        allowed = ", ".join(sorted(FAMILIES))
-        raise ValueError(f"unknown model family {name!r}; allowed: {allowed}") from None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(
+            f"model family {path!r}: cannot import {module_name!r} ({exc}); install the package "
+            "that provides it (pip install -e ...) or put it on PYTHONPATH"
+        ) from None
+    except Exception as exc:  # a plug-in's own bug at import time: still one line
+        raise ValueError(
+            f"model family {path!r}: importing {module_name!r} failed "
+            f"({type(exc).__name__}: {_first_line(exc)}); fix the module"
+        ) from None
+    if not hasattr(module, class_name):
+        raise ValueError(
+            f"model family {path!r}: module {module_name!r} has no {class_name!r}; "
+            "check the class name after the colon"
+        )
+    cls = _check_family(
+        getattr(module, class_name),
+        what=f"model family {path!r}",
+        fix="name a class that subclasses collapselab.models.ModelFamily",
+    )
+    _register_plugin(
+        cls, PluginOrigin(path, _distribution_of(module_name)), what=f"model family {path!r}"
+    )
+    return cls
+
+
+def _load_entry_point(entry: EntryPoint) -> type[ModelFamily]:
+    dist = _entry_point_distribution(entry)
+    what = f"plug-in family {entry.name!r} ({entry.value}, package {dist or 'unknown'})"
+    fix = f"fix or uninstall the package {dist.split()[0] if dist else ''}".rstrip()
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # a broken plug-in: one line, never its traceback
+        raise ValueError(
+            f"{what} cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); {fix}"
+        ) from None
+    cls = _check_family(loaded, what=what, fix=fix)
+    if cls.name != entry.name:
+        raise ValueError(
+            f"{what} is a family named {cls.name!r}: the entry point's name must be the "
+            f"family's `name`; {fix}"
+        )
+    _register_plugin(cls, PluginOrigin(entry.value, dist), what=what)
+    return cls
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _imported_family(name: str) -> type[ModelFamily] | None:
+    """A family class already imported under `name` though not registered: a worker process
+    that unpickled a run's parameters imported the plug-in's module, by the study's import path."""
+    pending = list(ModelFamily.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if getattr(cls, "name", None) != name or getattr(cls, "__abstractmethods__", None):
+            continue
+        module = sys.modules.get(cls.__module__)
+        if module is not None and getattr(module, cls.__qualname__, None) is cls:
+            return cls  # a class its module still holds (not a leftover of a reloaded module)
+    return None
+
+
+def load_family(spec: str) -> type[ModelFamily]:
+    """The family a study names: a registered name, an installed plug-in's entry-point name
+    (group `collapselab.families`, loaded on first use) or `package.module:ClassName`.
+
+    Raises ValueError with one line naming what is wrong and what to do."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a model family is named by a string, got {type(spec).__name__}")
+    known = FAMILIES.get(spec)
+    if known is not None:
+        return known
+    if ":" in spec:
+        return _import_family(spec)
+    entry = _entry_points().get(spec)
+    if entry is not None:
+        return _load_entry_point(entry)
+    imported = _imported_family(spec)
+    if imported is not None:
+        module = imported.__module__
+        _register_plugin(
+            imported,
+            PluginOrigin(f"{module}:{imported.__qualname__}", _distribution_of(module)),
+            what=f"model family {spec!r}",
+        )
+        return imported
+    allowed = ", ".join(sorted(set(FAMILIES) | set(_entry_points())))
+    raise ValueError(
+        f"unknown model family {spec[:80]!r}; allowed: {allowed}, or an installed class as "
+        "'package.module:ClassName'"
+    )
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    """The family registered under `name` (plug-ins resolved on first use, as load_family)."""
+    return load_family(name)
+
+
+def load_study_families(config: Mapping[str, Any]) -> dict[str, str]:
+    """Register every family a study names, from the study as stored (the `studies` table's
+    config: `family_imports` {name: 'module:Class'}, `models`, `collapse_thresholds`), so a later
+    process (report, verdict) knows plug-ins before it asks the registry for every family.
+    Returns {family: one-line problem} for those that cannot be loaded any more (a plug-in
+    uninstalled since); the others are registered."""
+    problems: dict[str, str] = {}
+    imports = config.get("family_imports") or {}
+    models = config.get("models") or []
+    named = [m.get("family") for m in models if isinstance(m, Mapping)]
+    named += list(config.get("collapse_thresholds") or {})
+    wanted = {name: imports.get(name, name) for name in [*imports, *named] if isinstance(name, str)}
+    for name, spec in wanted.items():
+        if name in FAMILIES:
+            continue
+        try:
+            family = load_family(spec)
+        except ValueError as exc:
+            problems[name] = str(exc)
+            continue
+        if family.name != name:
+            problems[name] = f"{spec} is now a family named {family.name!r}, not {name!r}"
+    return problems
 
 
 def build_model(params: FamilyParams, context: RunContext | None = None) -> ModelFamily:

@@ -21,21 +21,27 @@ scikit-learn's KernelDensity, used before, scored with a tree that was wrong far
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from collapselab import theory
 from collapselab.data import RealData, SampledData, mixture_key, mixture_sampler
 from collapselab.models.base import (
+    NON_NEGATIVE,
     BatchedModel,
+    CalibrationCells,
     Degenerate,
     FamilyParams,
+    MetricInfo,
     ModelFamily,
     RunContext,
     register,
 )
+from collapselab.onset import Threshold
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFiniteFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -53,6 +59,8 @@ LOG_KERNEL_FLOOR = -700.0
 #: and it keeps clusters x dim x dim covariances; beyond these no machine validates it.
 MAX_DIM = 1000
 MAX_COVARIANCE_ENTRIES = 4_000_000
+#: The diffusion level of the collapse indicator: the KDE's variance over the truth's.
+KDE_SPREAD = 1.6
 
 
 class KdeParams(FamilyParams):
@@ -146,7 +154,38 @@ def kde_log_density(points: np.ndarray, centres: np.ndarray, bandwidth: np.ndarr
 class KernelDensityFamily(ModelFamily):
     name = "kde"
     Params = KdeParams
-    metric_names = ("test_nll", "variance_ratio", "train_variance")
+    metrics_info: ClassVar[Mapping[str, MetricInfo]] = {
+        "test_nll": MetricInfo(
+            title="Held-out negative log-likelihood",
+            axis_label="NLL (nats per point)",
+            unit="nats per point",
+            meaning="Mean negative log-likelihood of held-out real points under the kernel "
+            "density estimate (nats per point)",
+            better="lower",
+            y_scale="auto-log",
+        ),
+        "variance_ratio": MetricInfo(
+            title="Variance ratio",
+            axis_label="tr Σ_t / tr Σ",
+            unit="",
+            meaning="The KDE's own variance (its training points' spread plus h^2 a "
+            "dimension) / the truth's (trace ratio); 1 = as spread as the truth, above = "
+            "diffused, below = collapsed",
+            better="reference",
+            y_scale="auto-log",
+            reference=1.0,
+            domain=NON_NEGATIVE,
+        ),
+        "train_variance": MetricInfo(
+            title="Training-sample variance",
+            axis_label="variance per dimension",
+            unit="squared data units",
+            meaning="ML variance per dimension of the training sample; a fixed-bandwidth KDE "
+            "diffuses towards (n - 1) h^2",
+            better="neither",
+            domain=NON_NEGATIVE,
+        ),
+    }
     temperature_meaning = (
         "kernel noise std times sqrt(T): density^(1/T) exactly only for a single kernel "
         "or non-overlapping kernels"
@@ -158,6 +197,35 @@ class KernelDensityFamily(ModelFamily):
     #: every kernel (kazdan-kde's `replace` chains: test_nll off by up to 57% at h = 0.1 and 1.5%
     #: at h = 1.0; cf. scikit-learn issues 7492, 27186).
     results_version = 3
+    #: `variance_ratio` > KDE_SPREAD confirmed over 2 generations, and `variance_ratio` < 0.5 (a
+    #: small bandwidth heads for the diffusion limit from above: shrinkage; no calibration cell
+    #: reaches it). Sampling adds h^2 T of variance a generation, towards (n - 1) h^2 T per
+    #: dimension. Real data holds it at a plateau: fresh-data(p) near 1 + h^2 / (p v*) with v* the
+    #: truth's variance per coordinate (about 1.14 at p = 0.2, h = 0.5, v* = 6.8, after the
+    #: (1 - 1/n) shrink), but each run wanders about it as a walk that keeps 80% of itself a
+    #: generation: sd 0.13 between runs, 99th percentile 1.50 (400 runs, generations 15-30). The
+    #: former level 1.5 sat on that percentile, and fresh-data's early climb from 1.04 to the
+    #: plateau drew the trend past it (12.5% of control runs with a false alarm at 60
+    #: replicates); 1.6 is 3.6 sd above the plateau. Replace diffuses with a drift of h^2 T a
+    #: generation that never reverts (88% of the generations after a first crossing of 1.6 stay
+    #: past it), so 2 generations confirm it where the controls' rare excursions need 4; with 4
+    #: the higher level would flag only 94.5% of replace(T=2) runs within 30 generations.
+    #: On the calibration cells (60 replicates, n = 100, 30 generations): 0/120 control runs
+    #: flagged, 58/60 collapsing runs (96.7%), 7.5% of controls with a false alarm, 63.5% of 52
+    #: late onsets warned in time; on 400 replicates a cell 0.4% / 97.5% / 5.0% / 59.9% of 362
+    #: (the former rule, 1.5 confirmed over 4: 0.5% / 96.8% / 8.9% / 57.6%).
+    collapse_indicators = (
+        Threshold("variance_ratio", "above", KDE_SPREAD, persistence=2),
+        Threshold("variance_ratio", "below", 0.5),
+    )
+    calibration = CalibrationCells(
+        controls=("fixed-fraction(p=0.5)", "fresh-data(p=0.2)"),
+        collapsing=("replace(T=2)",),
+        why="a KDE's samples add h^2 T of variance a generation: with real data it settles near "
+        "the truth's, under replace it diffuses (accumulate too, slowly: not a control); at "
+        "T = 2 the diffusion surely passes the level within 30 generations",
+        ci_replicates=40,
+    )
 
     params: KdeParams
 
@@ -190,19 +258,56 @@ class KernelDensityFamily(ModelFamily):
         return self.dim * self.params.cluster_std**2 + between
 
     @classmethod
-    def point_bytes(cls, params: KdeParams) -> int:
+    def point_bytes(cls, params: FamilyParams) -> int:
+        assert isinstance(params, KdeParams)
         return 8 * len(params.centers[0])
 
     @classmethod
-    def working_bytes(cls, params: KdeParams, *, train_points: int, n: int, test_size: int) -> int:
+    def working_bytes(
+        cls, params: FamilyParams, *, train_points: int, n: int, test_size: int
+    ) -> int:
         """The training points kept as kernel centres and their shifted copy, samples, test set,
         the scoring blocks (kde_log_density), and the truth sampler's per-point Cholesky factors
         (points x dim x dim)."""
+        assert isinstance(params, KdeParams)
         dim = len(params.centers[0])
         data = 8 * dim * (4 * train_points + 2 * n + 2 * test_size)
         scoring = 3 * 8 * max(SCORE_CHUNK_ELEMENTS, train_points) + 8 * (train_points + test_size)
         per_point_factors = 8 * max(n, test_size) * dim * dim
         return data + scoring + per_point_factors + 2 * 8 * len(params.centers) * dim * dim
+
+    @classmethod
+    def references(
+        cls, params: FamilyParams, *, strategy: Mapping[str, Any], n: int
+    ) -> list[theory.ClosedForm]:
+        """Replace (literature item 5): the training sample's variance per dimension drifts to
+        (n - 1) h^2 with a fixed bandwidth, and grows geometrically with a rule of thumb."""
+        assert isinstance(params, KdeParams)
+        if not theory.replace_like(strategy):
+            return []
+        family = cls(params)
+        # R0's ML variance per dimension: (1 - 1/n) times the truth mixture's
+        v0 = (1.0 - 1.0 / n) * family.true_trace / family.dim
+        if isinstance(params.bandwidth, str):
+            c = rule_of_thumb_factor(params.bandwidth, n, family.dim)
+            growth = 1.0 - 1.0 / n + c * c
+            return [
+                theory.ClosedForm(
+                    "train_variance",
+                    f"E[train variance] = v0 (1 - 1/n + c^2)^t = {v0:.3g} x {growth:.4g}^t, "
+                    f"{params.bandwidth} factor c = {c:.4g}, n = {n}",
+                    lambda t: theory.kde_rule_train_variance(t, n, c, v0),
+                )
+            ]
+        h = float(params.bandwidth)
+        return [
+            theory.ClosedForm(
+                "train_variance",
+                f"E[train variance] -> (n - 1) h^2 = {(n - 1) * h * h:g} by (1 - 1/n) a "
+                f"generation from {v0:.3g}, n = {n}, h = {h:g}",
+                lambda t: theory.kde_train_variance(t, n, h, v0),
+            )
+        ]
 
     def real_data(self) -> RealData:
         """The same mixture, and the same draws, as a `gmm` with this truth: they share data."""
@@ -254,11 +359,13 @@ class KernelDensityBatched(BatchedModel):
 
     params: KdeParams
 
-    def __init__(self, params: KdeParams, *, contexts: list[RunContext]) -> None:
-        super().__init__(params, contexts=contexts)
+    def __init__(
+        self, params: KdeParams, *, contexts: list[RunContext], tests: list[np.ndarray]
+    ) -> None:
+        super().__init__(params, contexts=contexts, tests=tests)
         family = KernelDensityFamily(params)
         self.dim, self.true_trace = family.dim, family.true_trace
-        self.tests = np.stack([context.test for context in contexts])  # (R, T, dim)
+        self.tests = np.stack(tests)  # (R, T, dim)
         self.train_: np.ndarray | None = None
         self.bandwidth_ = np.full(len(contexts), np.nan)
         self.train_variance_ = np.full(len(contexts), np.nan)
@@ -292,7 +399,7 @@ class KernelDensityBatched(BatchedModel):
         return degenerate
 
     def sample(
-        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+        self, n: int, *, rngs: Sequence[np.random.Generator], temperature: float = 1.0
     ) -> np.ndarray:
         """Per replicate, as `KernelDensityFamily.sample` draws: n kernel indices, then the
         (n, dim) standard normals."""
@@ -307,7 +414,7 @@ class KernelDensityBatched(BatchedModel):
         centres = np.take_along_axis(self.train_, chosen[..., None], axis=1)
         return centres + (math.sqrt(temperature) * self.bandwidth_)[:, None, None] * noise
 
-    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+    def metrics(self, *, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
         if self.train_ is None:
             raise ValueError("metrics before fit")
         log_density = kde_log_density(self.tests, self.train_, self.bandwidth_)

@@ -21,21 +21,27 @@ relabels R0's design), which it keeps with its factor.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from collapselab import theory
 from collapselab.data import RealData, SampledData
 from collapselab.models.base import (
+    NON_NEGATIVE,
     BatchedModel,
+    CalibrationCells,
     Degenerate,
     FamilyParams,
+    MetricInfo,
     ModelFamily,
     RunContext,
     register,
 )
+from collapselab.onset import Threshold
 
 #: Largest number of input columns: a fit builds and factors a dim x dim Gram matrix from n >= dim
 #: rows (O(n dim^2 + dim^3)), so dim 10^4 already means 800 MB a copy and minutes a fit.
@@ -190,8 +196,84 @@ def cross_products(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
 class LinearRegression(ModelFamily):
     name = "linear-regression"
     Params = LinearRegressionParams
-    metric_names = ("weight_sq_error", "test_mse", "test_nll")
+    metrics_info: ClassVar[Mapping[str, MetricInfo]] = {
+        "weight_sq_error": MetricInfo(
+            title="Error of the fitted weights",
+            axis_label="‖w_t − w*‖²",
+            unit="squared weight units",
+            meaning="Squared error of the least-squares weights, ||w_t - w*||^2",
+            better="lower",
+            y_scale="auto-log",
+            domain=NON_NEGATIVE,
+        ),
+        "test_mse": MetricInfo(
+            title="Test error against noise-free labels",
+            axis_label="MSE (squared label units)",
+            unit="squared label units",
+            meaning="Mean squared error of predictions on held-out rows against the noise-free "
+            "labels x.w*",
+            better="lower",
+            y_scale="auto-log",
+            domain=NON_NEGATIVE,
+        ),
+        "test_nll": MetricInfo(
+            title="Held-out negative log-likelihood",
+            axis_label="NLL (nats per label)",
+            unit="nats per label",
+            meaning="Mean negative log-likelihood of held-out real labels given their inputs "
+            "under y | x ~ N(x.w_t, noise_var) (nats per label; the inputs are not modelled)",
+            better="lower",
+            y_scale="auto-log",
+        ),
+    }
     temperature_meaning = "label-noise variance times T (the conditional density^(1/T))"
+    #: `weight_sq_error` > 5 x the mean of generations 0-2, confirmed over 2 generations, warned
+    #: by a linear trend on one window (agree 1). Replace's error is a Gaussian walk in weight
+    #: space, so E||w_t - w*||^2 = (t + 1) E0 grows linearly (E0 = sigma^2 d/(n-d-1), literature
+    #: item 4); accumulate's stays under pi^2/6 E0, fixed-fraction(p=0.5)'s near 2 E0. Generation
+    #: 0's error alone is one weighted chi-square draw with d degrees of freedom (coefficient of
+    #: variation about sqrt(2 / d) = 0.63 at d = 5): relative to it, the former 7x flagged 3.5% of
+    #: control runs, raised false alarms in 9.6% and warned 47.5% of late onsets in time (800
+    #: replicates a cell; 5x generation 0 over 2 generations flagged 17.9%). The mean of the first
+    #: three fits (before synthetic labels have compounded much: 2 E0 under replace, about 1.2 E0
+    #: under accumulate) is a steadier base; 5x it is 10 E0 for replace, about four times the
+    #: controls' plateaus. A linear trend is the family's own law (the log of a linear growth
+    #: bends and its extrapolation overshoots the controls' early rise to their plateau: 14.1%
+    #: false alarms at agree 1); on the linear scale the squared norm's skewed, level-dependent
+    #: noise makes one window's 95% bound conservative already (control false alarms 2.9% at
+    #: agree 2, 6.6% at agree 1), and a second window costs a generation of lead to onsets near
+    #: generation 10 (late onsets warned in time 40.8% against 53.5%). Persistence 2 because
+    #: replace's walk drifts away for good, while fixed-fraction's error reverts within a
+    #: generation or two (it keeps half its labels real); with 4, 91.9% of replace runs are
+    #: flagged within 30 generations.
+    #: On the calibration cells (60 replicates, n = 100, 30 generations): 5/120 control runs
+    #: flagged (4.2%), 58/60 collapsing runs (96.7%), 2.5% of controls with a false alarm, 51.1%
+    #: of 45 late onsets warned in time; on 800 replicates a cell (seeds 7 and 11) 3.3% / 95.5% /
+    #: 6.6% / 53.5% of 637 (the former 7 x generation 0: 3.5% / 96.4% / 9.6% / 47.5%). 95.5% is
+    #: the ceiling of a level relative to the run's own early error: in about one replace run in
+    #: 20 the walk does not get far enough from w* within 30 generations to pass any level its
+    #: controls stay under (a base from the design's expected error sigma^2 tr((X^T X)^-1),
+    #: nearly free of noise, would lift it to about 98%: measured with its mean
+    #: sigma^2 d / (n - d - 1) as the base).
+    collapse_indicators = (
+        Threshold(
+            "weight_sq_error",
+            "above",
+            5.0,
+            relative=True,
+            baseline=3,
+            persistence=2,
+            trend="linear",
+            agree=1,
+        ),
+    )
+    calibration = CalibrationCells(
+        controls=("accumulate", "fixed-fraction(p=0.5)"),
+        collapsing=("replace",),
+        why="accumulate's error stays bounded (Gerstgrasser et al. 2024), fixed-fraction's is "
+        "stationary; replace's grows linearly in t (Dohmatob et al. 2024)",
+        ci_replicates=60,
+    )
 
     params: LinearRegressionParams
 
@@ -203,17 +285,48 @@ class LinearRegression(ModelFamily):
         return np.asarray(p.weights, dtype=float)
 
     @classmethod
-    def point_bytes(cls, params: LinearRegressionParams) -> int:
+    def point_bytes(cls, params: FamilyParams) -> int:
+        assert isinstance(params, LinearRegressionParams)
         return 8 * (params.dim + 1)  # the inputs and the label
 
     @classmethod
     def working_bytes(
-        cls, params: LinearRegressionParams, *, train_points: int, n: int, test_size: int
+        cls, params: FamilyParams, *, train_points: int, n: int, test_size: int
     ) -> int:
         """The training rows and a copy, the samples and the test set, and a few dim x dim
         matrices (the Gram matrix, its factor and inverse)."""
+        assert isinstance(params, LinearRegressionParams)
         row = cls.point_bytes(params)
         return row * (4 * train_points + 2 * n + 2 * test_size) + 8 * 8 * params.dim * params.dim
+
+    @classmethod
+    def references(
+        cls, params: FamilyParams, *, strategy: Mapping[str, Any], n: int
+    ) -> list[theory.ClosedForm]:
+        """Literature item 4, for a design of n >= d + 2 rows: replace's weight error grows
+        linearly in t, accumulate's stays under pi^2/6 times the first fit's."""
+        assert isinstance(params, LinearRegressionParams)
+        if n < params.dim + 2:
+            return []
+        d, noise = params.dim, params.noise_var
+        where = f"sigma^2 = {noise:g}, d = {d}, T = {n}"
+        if theory.replace_like(strategy):
+            return [
+                theory.ClosedForm(
+                    "weight_sq_error",
+                    f"E[weight sq. error] = sigma^2 d (t+1)/(T - d - 1), {where}",
+                    lambda t: theory.regression_replace_weight_sq_error(t, n, d, noise),
+                )
+            ]
+        if strategy.get("name") == "accumulate":
+            return [
+                theory.ClosedForm(
+                    "weight_sq_error",
+                    f"E[weight sq. error] = sigma^2 d/(T - d - 1) sum_(i<=t+1) 1/i^2, {where}",
+                    lambda t: theory.regression_accumulate_weight_sq_error(t, n, d, noise),
+                )
+            ]
+        return []
 
     def real_data(self) -> RealData:
         weights, noise_sd = self.true_weights, math.sqrt(self.params.noise_var)
@@ -294,8 +407,14 @@ class LinearRegressionBatched(BatchedModel):
     incremental = True
     params: LinearRegressionParams
 
-    def __init__(self, params: LinearRegressionParams, *, contexts: list[RunContext]) -> None:
-        super().__init__(params, contexts=contexts)
+    def __init__(
+        self,
+        params: LinearRegressionParams,
+        *,
+        contexts: list[RunContext],
+        tests: list[np.ndarray],
+    ) -> None:
+        super().__init__(params, contexts=contexts, tests=tests)
         dim = params.dim
         self.true_weights = LinearRegression(params).true_weights
         #: R0's designs (R, n, dim), read-only: what `sample` relabels
@@ -304,7 +423,7 @@ class LinearRegressionBatched(BatchedModel):
         # with u = y - x . w* on the test set and e = w - w*: mean (y - x . w)^2 =
         # mean u^2 - 2 e . mean(x u) + e^T M e, M = X^T X / size: no cancellation (u is noise).
         # One replicate at a time: stacking the test sets would copy them all once more.
-        moments = [self._test_moments(context.test) for context in contexts]
+        moments = [self._test_moments(test) for test in tests]
         self.test_second_moment = np.array([m[0] for m in moments]).reshape(-1, dim, dim)
         self.test_noise_cross = np.array([m[1] for m in moments]).reshape(-1, dim)
         self.test_noise_square = np.array([m[2] for m in moments], dtype=float)
@@ -314,9 +433,13 @@ class LinearRegressionBatched(BatchedModel):
         self._sampled: np.ndarray | None = None  # the rows `sample` last returned
         self._sampled_labels: np.ndarray | None = None  # their labels, (R, n) contiguous
         self._rows_template: np.ndarray | None = None  # R0's designs and a column for labels
-        self._pool_gram = self._pool_moment = self._pool_design = None
+        self._pool_gram: np.ndarray | None = None
+        self._pool_moment: np.ndarray | None = None
+        self._pool_design: np.ndarray | None = None
         self._pool_factor: GramFactor | None = None
-        self._pool_rows, self._pool_copies = 0, None
+        self._pool_rows = 0
+        #: copies of one design the pool stacks, while it stacks only copies (else None)
+        self._pool_copies: int | None = None
 
     def _test_moments(self, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         dim, size = self.params.dim, len(test)
@@ -363,7 +486,7 @@ class LinearRegressionBatched(BatchedModel):
         return degenerate
 
     def sample(
-        self, n: int, *, rngs: list[np.random.Generator], temperature: float = 1.0
+        self, n: int, *, rngs: Sequence[np.random.Generator], temperature: float = 1.0
     ) -> np.ndarray:
         """R0's designs relabelled; the rows are returned read-only (a fit recognises them)."""
         replicates, rows, dim = self.designs.shape
@@ -385,7 +508,7 @@ class LinearRegressionBatched(BatchedModel):
         self._sampled, self._sampled_labels = sampled, labels
         return sampled
 
-    def metrics(self, *, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
+    def metrics(self, *, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
         error = self.weights_ - self.true_weights
         moment_error = np.matmul(self.test_second_moment, error[..., None])[..., 0]
         test_mse = np.einsum("ri,ri->r", error, moment_error)
@@ -414,10 +537,10 @@ class LinearRegressionBatched(BatchedModel):
         if self._factor is not None and self._factor_design is not None:
             self._factor = self._factor.keep(mask)
             self._factor_design = self.designs if factor_is_r0s else self._factor_design[mask]
-        if self._pool_factor is not None:
+        if self._pool_factor is not None and self._pool_design is not None:
             self._pool_factor = self._pool_factor.keep(mask)
             self._pool_design = self.designs if pool_is_r0s else self._pool_design[mask]
-        if self._pool_gram is not None:
+        if self._pool_gram is not None and self._pool_moment is not None:
             self._pool_gram, self._pool_moment = self._pool_gram[mask], self._pool_moment[mask]
 
     # --- the accumulated pool as X^T X, X^T y and a row count ------------------------------
@@ -434,9 +557,14 @@ class LinearRegressionBatched(BatchedModel):
         if self._pool_gram is None or self._pool_moment is None:
             raise ValueError("pool_add before pool_start")
         design, labels = self._split(X)
-        if self._pool_copies is not None and self._same_design(self._pool_design, design):
-            self._pool_gram += self._pool_factor.gram
-            self._pool_copies += 1
+        factor, copies = self._pool_factor, self._pool_copies
+        if (
+            copies is not None
+            and factor is not None
+            and self._same_design(self._pool_design, design)
+        ):
+            self._pool_gram += factor.gram
+            self._pool_copies = copies + 1
         else:
             self._pool_gram += np.swapaxes(design, 1, 2) @ design
             self._pool_copies = None

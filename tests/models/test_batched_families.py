@@ -47,11 +47,12 @@ def per_run_fits(family, params, contexts, X) -> tuple[list, dict[int, str]]:
     return models, degenerate
 
 
-def assert_metrics_equal(batched, models, seed: int) -> None:
+def assert_metrics_equal(batched, models, tests, seed: int) -> None:
+    """`tests[r]`: replicate r's held-out set, the one the batch was built with."""
     values = batched.metrics(rngs=generators(seed, len(models)))
     assert set(values) == set(type(models[0]).metric_names)
     for r, model in enumerate(models):
-        expected = model.metrics(model.context.test, rng=generators(seed, len(models))[r])
+        expected = model.metrics(tests[r], rng=generators(seed, len(models))[r])
         for name, value in expected.items():
             assert values[name].shape == (len(models),)
             assert values[name][r] == pytest.approx(value, rel=RTOL, abs=0), (name, r)
@@ -75,21 +76,21 @@ DIM, ROWS, TEST, REPLICATES = 4, 30, 50, 6
 
 
 def regression_contexts(seed: int, replicates: int = REPLICATES, *, dim: int = DIM):
+    """(contexts, held-out test sets) of `replicates` runs."""
     rng = np.random.default_rng(seed)
-    return [
-        RunContext(
-            r0=rng.standard_normal((ROWS, dim + 1)), test=rng.standard_normal((TEST, dim + 1))
-        )
+    rows = [
+        (rng.standard_normal((ROWS, dim + 1)), rng.standard_normal((TEST, dim + 1)))
         for _ in range(replicates)
     ]
+    return [RunContext(r0=r0) for r0, _ in rows], [test for _, test in rows]
 
 
 def test_regression_chain_matches_per_run_models_while_the_design_changes_or_not():
     """A short chain: R0, then samples (the cached design), then permuted rows (fixed-fraction)
     and new rows (fresh-data): the cache is recomputed exactly when the design changes."""
     params = LinearRegressionParams(dim=DIM, noise_var=0.7)
-    contexts = regression_contexts(0)
-    batched = LinearRegressionBatched(params, contexts=contexts)
+    contexts, tests = regression_contexts(0)
+    batched = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     assert LinearRegression.Batched is LinearRegressionBatched and batched.incremental
     X = np.stack([c.r0 for c in contexts])
     rng = np.random.default_rng(1)
@@ -98,7 +99,7 @@ def test_regression_chain_matches_per_run_models_while_the_design_changes_or_not
         assert batched.fit(X) == expected_degenerate == {}
         for r, model in enumerate(models):
             np.testing.assert_allclose(batched.weights_[r], model.weights_, rtol=RTOL)
-        assert_metrics_equal(batched, models, seed=t)
+        assert_metrics_equal(batched, models, tests, seed=t)
         samples = assert_samples_equal(batched, models, ROWS, seed=100 + t, temperature=0.8)
         assert np.array_equal(samples[..., :DIM], X[..., :DIM]) or t >= 3
         assert not samples.flags.writeable  # what `fit` recognises them by
@@ -114,27 +115,28 @@ def test_regression_chain_matches_per_run_models_while_the_design_changes_or_not
 
 def test_regression_degenerate_replicates_carry_the_per_run_message_and_leave():
     params = LinearRegressionParams(dim=3)
-    contexts = regression_contexts(2, dim=3)
+    contexts, tests = regression_contexts(2, dim=3)
     X = np.stack([c.r0 for c in contexts])
     X[1, :, 2] = X[1, :, 0]  # an exactly repeated column
     X[3, :, 2] = 2.0 * X[3, :, 0] - 0.5 * X[3, :, 1]  # collinear columns
     X[4] = np.tile(X[4, :2], (ROWS // 2, 1))  # many rows, only two distinct ones
     models, expected = per_run_fits(LinearRegression, params, contexts, X)
     assert sorted(expected) == [1, 3, 4] and all("rank" in m for m in expected.values())
-    batched = LinearRegressionBatched(params, contexts=contexts)
+    batched = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     assert batched.fit(X) == expected
     mask = np.array([r not in expected for r in range(len(contexts))])
     batched.keep(mask)
     survivors = [m for m, kept in zip(models, mask, strict=True) if kept]
+    kept_tests = [t for t, kept in zip(tests, mask, strict=True) if kept]
     assert batched.replicates == 3 and [c for c in batched.contexts] == [
         m.context for m in survivors
     ]
-    assert_metrics_equal(batched, survivors, seed=3)
+    assert_metrics_equal(batched, survivors, kept_tests, seed=3)
     assert_samples_equal(batched, survivors, ROWS, seed=4, temperature=1.0)
     # too few rows: every replicate, with the per-run message
     few = X[:, : 3 - 1]
     _, expected_few = per_run_fits(LinearRegression, params, contexts, few)
-    fresh = LinearRegressionBatched(params, contexts=contexts)
+    fresh = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     assert fresh.fit(few) == expected_few and len(expected_few) == len(contexts)
     assert "2 training rows cannot determine 3 weights" in expected_few[0]
 
@@ -145,8 +147,8 @@ def test_regression_pool_summary_fits_like_the_stacked_pool(other_design):
     `other_design` some added rows are not R0's design (the summary must then add their own
     cross-products, not the cached design's)."""
     params = LinearRegressionParams(dim=DIM)
-    contexts = regression_contexts(5)
-    batched = LinearRegressionBatched(params, contexts=contexts)
+    contexts, tests = regression_contexts(5)
+    batched = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     X = np.stack([c.r0 for c in contexts])
     batched.pool_start(X)
     stacked = [X]
@@ -156,7 +158,7 @@ def test_regression_pool_summary_fits_like_the_stacked_pool(other_design):
         models, _ = per_run_fits(LinearRegression, params, contexts, np.concatenate(stacked, 1))
         for r, model in enumerate(models):
             np.testing.assert_allclose(batched.weights_[r], model.weights_, rtol=RTOL)
-        assert_metrics_equal(batched, models, seed=t)
+        assert_metrics_equal(batched, models, tests, seed=t)
         samples = assert_samples_equal(batched, models, ROWS, seed=t, temperature=1.0)
         if other_design and t == 2:
             samples = samples.copy()
@@ -170,8 +172,8 @@ def test_regression_pool_summary_fits_like_the_stacked_pool(other_design):
 
 def test_regression_pool_reports_too_few_rows_until_the_pool_has_them():
     params = LinearRegressionParams(dim=DIM)
-    contexts = regression_contexts(7)
-    batched = LinearRegressionBatched(params, contexts=contexts)
+    contexts, tests = regression_contexts(7)
+    batched = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     X = np.stack([c.r0 for c in contexts])
     batched.pool_start(X[:, :2])
     reasons = batched.fit_pool()
@@ -184,13 +186,13 @@ def test_regression_pool_reports_too_few_rows_until_the_pool_has_them():
 
 def test_regression_non_finite_rows_and_a_failed_factor_are_degenerate_alike():
     params = LinearRegressionParams(dim=DIM)
-    contexts = regression_contexts(12)
+    contexts, tests = regression_contexts(12)
     X = np.stack([c.r0 for c in contexts])
     X[0, 3, DIM] = np.inf  # a label
     X[2, 4, 1] = np.nan  # an input
     _, expected = per_run_fits(LinearRegression, params, contexts, X)
     assert expected == {0: "non-finite training labels", 2: "non-finite training rows"}
-    batched = LinearRegressionBatched(params, contexts=contexts)
+    batched = LinearRegressionBatched(params, contexts=contexts, tests=tests)
     assert batched.fit(X) == expected
     assert np.all(np.isnan(batched.weights_[[0, 2]]))
     assert np.all(np.isfinite(np.delete(batched.weights_, [0, 2], axis=0)))
@@ -198,7 +200,8 @@ def test_regression_non_finite_rows_and_a_failed_factor_are_degenerate_alike():
     failing = mock.patch.object(np.linalg, "cholesky", side_effect=np.linalg.LinAlgError("pivot"))
     with failing:
         _, expected = per_run_fits(LinearRegression, params, contexts[1:2], X[[1]])
-        reasons = LinearRegressionBatched(params, contexts=contexts[:2]).fit(X[1:3])
+        two = LinearRegressionBatched(params, contexts=contexts[:2], tests=tests[:2])
+        reasons = two.fit(X[1:3])
     assert expected[0] == reasons[0] and "numerically singular" in reasons[0]
     assert reasons[1] == "non-finite training rows"
 
@@ -246,14 +249,14 @@ def kde_contexts(seed: int, replicates: int = KDE_REPLICATES):
         real.open(n_test=KDE_TEST, seed=np.random.SeedSequence([seed, r]))
         for r in range(replicates)
     ]
-    return [RunContext(r0=s.take(KDE_POINTS), test=s.test) for s in streams]
+    return [RunContext(r0=s.take(KDE_POINTS)) for s in streams], [s.test for s in streams]
 
 
 @pytest.mark.parametrize("bandwidth", [0.5, 0.1, "scott", "silverman"])
 def test_kde_chain_matches_per_run_models(bandwidth):
     params = KdeParams(bandwidth=bandwidth)
-    contexts = kde_contexts(8)
-    batched = KernelDensityBatched(params, contexts=contexts)
+    contexts, tests = kde_contexts(8)
+    batched = KernelDensityBatched(params, contexts=contexts, tests=tests)
     assert KernelDensityFamily.Batched is KernelDensityBatched and not batched.incremental
     X = np.stack([c.r0 for c in contexts])
     for t in range(4):
@@ -261,14 +264,14 @@ def test_kde_chain_matches_per_run_models(bandwidth):
         assert batched.fit(X) == expected == {}
         for r, model in enumerate(models):
             assert batched.bandwidth_[r] == pytest.approx(model.bandwidth_, rel=RTOL)
-        assert_metrics_equal(batched, models, seed=t)
+        assert_metrics_equal(batched, models, tests, seed=t)
         samples = assert_samples_equal(batched, models, KDE_POINTS, seed=t, temperature=0.9)
         X = np.concatenate([X, samples], axis=1) if t % 2 else samples  # pools and fresh sets
 
 
 def test_kde_degenerate_replicates_carry_the_per_run_message_and_leave():
     params = KdeParams(bandwidth="scott")
-    contexts = kde_contexts(9)
+    contexts, tests = kde_contexts(9)
     X = np.stack([c.r0 for c in contexts])
     X[1] = (1.5, -2.0)  # every point the same: no spread for the rule
     X[3, 5, 1] = np.nan  # a non-finite point
@@ -277,13 +280,14 @@ def test_kde_degenerate_replicates_carry_the_per_run_message_and_leave():
         1: "no spread for the scott rule: the points coincide",
         3: "no finite training points to place kernels on",
     }
-    batched = KernelDensityBatched(params, contexts=contexts)
+    batched = KernelDensityBatched(params, contexts=contexts, tests=tests)
     assert batched.fit(X) == expected
     mask = np.array([r not in expected for r in range(len(contexts))])
     batched.keep(mask)
     survivors = [m for m, kept in zip(models, mask, strict=True) if kept]
+    kept_tests = [t for t, kept in zip(tests, mask, strict=True) if kept]
     assert batched.replicates == len(survivors) == 3
-    assert_metrics_equal(batched, survivors, seed=1)
+    assert_metrics_equal(batched, survivors, kept_tests, seed=1)
     assert_samples_equal(batched, survivors, 10, seed=2, temperature=1.0)
 
 
@@ -300,6 +304,7 @@ def test_the_batched_families_import_nothing_heavy(module):
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    light = {"__future__", "math", "functools", "typing", "numpy", "pydantic"}
-    ours = {"collapselab.data", "collapselab.models.base"}
+    light = {"__future__", "math", "functools", "typing", "collections.abc", "numpy", "pydantic"}
+    # the family's knowledge: its collapse indicators and closed forms (polars, no science)
+    ours = {"collapselab", "collapselab.data", "collapselab.models.base", "collapselab.onset"}
     assert imported <= light | ours, imported - light - ours

@@ -144,25 +144,6 @@ def test_samples_are_valid_images(model, temperature):
     assert len(np.unique(images, axis=0)) == 2000
 
 
-def test_sampling_uses_only_the_given_generator(model):
-    np.random.seed(0)
-    global_state = np.random.get_state()[1].copy()
-    a = model.sample(50, rng=np.random.default_rng(9), temperature=0.7)
-    np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
-    b = model.sample(50, rng=np.random.default_rng(9), temperature=0.7)
-    fitted(real_subset(100, seed=6)).metrics(real_subset(40, seed=7), rng=np.random.default_rng(1))
-    model.examples(rng=np.random.default_rng(2))
-    assert np.array_equal(a, b)
-    assert np.array_equal(np.random.get_state()[1], global_state)  # global state untouched
-
-
-def test_fit_is_deterministic():
-    X = real_subset(300, seed=8)
-    first, second = fitted(X), fitted(X)
-    assert np.array_equal(first.means_, second.means_)
-    assert np.array_equal(first.covariances_, second.covariances_)
-
-
 def test_tempered_weights_follow_the_power_law(model):
     w = model.weights_
     assert np.allclose(model.tempered_weights(1.0), w)

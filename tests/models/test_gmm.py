@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -17,7 +16,6 @@ from pydantic import ValidationError
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from collapselab.chain import DEGENERATE, outcomes_to_frames, run_chain, run_many
 from collapselab.config import parse_study
@@ -172,24 +170,6 @@ def test_metrics_match_independent_formulas():
 
     expected = tail(*model.fitted) / tail(*model.truth)
     assert values["tail_mass_ratio"] == pytest.approx(expected)
-
-
-def test_fit_is_deterministic_and_seeded_by_parameters():
-    X = np.random.default_rng(4).normal(size=(200, 2))
-    first, again = fitted(X), fitted(X)
-    assert np.array_equal(first.means_, again.means_)
-    assert np.array_equal(first.covariances_, again.covariances_)
-
-
-def test_sampling_uses_only_the_given_generator():
-    model = fitted(two_blobs(np.random.default_rng(5)))
-    with mock.patch.object(GaussianMixture, "sample", side_effect=AssertionError("sklearn rng")):
-        a = model.sample(50, rng=np.random.default_rng(9))
-        np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
-        rng = np.random.default_rng(9)
-        b = model.sample(50, rng=rng)
-    assert np.array_equal(a, b)
-    assert rng.random() != np.random.default_rng(9).random()  # it drew from the generator
 
 
 def test_temperature_one_samples_the_fitted_mixture_itself():

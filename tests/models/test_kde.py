@@ -173,16 +173,6 @@ def test_log_density_far_from_every_kernel_is_the_nearest_kernels():
     assert got == pytest.approx(nearest, rel=1e-12)
 
 
-def test_sampling_uses_only_the_given_generator():
-    model = fitted(np.random.default_rng(5).normal(size=(30, 2)))
-    a = model.sample(40, rng=np.random.default_rng(9))
-    np.random.default_rng(123).normal(size=10)  # unrelated draws change nothing
-    rng = np.random.default_rng(9)
-    b = model.sample(40, rng=rng)
-    assert np.array_equal(a, b)
-    assert rng.random() != np.random.default_rng(9).random()  # it drew from the generator
-
-
 def covariance_z_scores(draws: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """z-scores of the sample covariance entries (normal-theory standard errors)."""
     m = len(draws)
