@@ -27,19 +27,21 @@ RESULTS = ROOT / "benchmarks" / "results" / "report.json"
 sys.path.insert(0, str(ROOT))
 
 from collapselab.chain import (  # noqa: E402
+    outcomes_to_examples,
     outcomes_to_frames,
     outcomes_to_provenance,
-    outcomes_to_samples,
     run_many,
 )
 from collapselab.config import parse_study  # noqa: E402
+from collapselab.models import get_family  # noqa: E402
+from collapselab.models.base import GENERIC_METRICS  # noqa: E402
 from collapselab.store import Store  # noqa: E402
 
 #: The big study's targets, and the quick report's.
 BIG_SECONDS, BIG_BYTES = 60.0, 2 * 1024**3
 QUICK_SECONDS, QUICK_BYTES = 5.0, 1.5e6
-#: Gaussian metrics per generation (5 of the family, real_fraction and train_size).
-METRICS_PER_GENERATION = 7
+#: Gaussian metrics per generation: the family's own and the generic ones every run records.
+METRICS_PER_GENERATION = len(get_family("gaussian").metric_names) + len(GENERIC_METRICS)
 GENERATIONS = 200
 STRATEGIES = ["replace", {"name": "fixed-fraction", "real_fraction": 0.2}]
 RUNS_PER_INGEST = 500
@@ -89,7 +91,9 @@ def build(db: Path, rows: int) -> tuple[int, float]:
     for first in range(0, len(specs), RUNS_PER_INGEST):
         outcomes = run_many(specs[first : first + RUNS_PER_INGEST])
         runs, metrics = outcomes_to_frames(outcomes)
-        store.ingest(runs, metrics, outcomes_to_samples(outcomes), outcomes_to_provenance(outcomes))
+        store.ingest(
+            runs, metrics, outcomes_to_examples(outcomes), outcomes_to_provenance(outcomes)
+        )
         stored += metrics.height
         print(
             f"  built {first + len(outcomes)}/{len(specs)} runs, {stored:,} metric rows", flush=True

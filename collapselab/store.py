@@ -4,12 +4,13 @@ Only the process that runs a study's flow writes, and it holds the file only whi
 batch, so other processes can read between ingests. A run's metrics and its status land in one
 transaction as idempotent upserts keyed on (run_id) and (run_id, generation, metric): ingesting
 the same run twice leaves one copy, and a crash mid-ingest leaves the previous state intact.
-A run's kept samples and training-set provenance (see collapselab.chain) land in that same
-transaction, replacing whatever the run had before.
+A run's examples (what its family keeps of its models for the report) and training-set
+provenance (see collapselab.chain) land in that same transaction, replacing whatever the run had
+before.
 
 The current grid. `save_study` records, with the study, the run ids of the grid its latest `run`
 used (`study_runs`). Runs stored under the study's name but outside that grid are superseded:
-kept until `prune`, but left out of every read below (runs, tidy, samples, provenance,
+kept until `prune`, but left out of every read below (runs, tidy, examples, provenance,
 final_metrics, run_statuses, counts). A study saved without a grid counts every stored run.
 
 The layout (collapselab.tables) carries a version; a file written by an older version is migrated
@@ -35,10 +36,11 @@ import polars as pl
 
 from collapselab.tables import (
     DONE_STATUSES,
+    EXAMPLE_COLUMNS,
+    EXPORTED,
     PROVENANCE_COLUMNS,
     RUN_RESULT_TABLES,
     RUNS,
-    SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     TABLES,
     V1_LAYOUT,
@@ -47,18 +49,18 @@ from collapselab.tables import (
     is_study_name,
 )
 
-PROVENANCE_READ_SCHEMA = {
-    "run_id": pl.String,
-    "family": pl.String,
-    "model": pl.String,
-    "strategy_label": pl.String,
-    "replicate": pl.Int64,
-    "generation": pl.Int64,
-    "origin": pl.Int64,
-    "points": pl.Int64,
-}
-#: Tables `export` writes (schema_version is bookkeeping).
-EXPORTED = tuple(t.name for t in TABLES if t.name != "schema_version")
+PROVENANCE_READ_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "family": pl.String,
+        "model": pl.String,
+        "strategy_label": pl.String,
+        "replicate": pl.Int64,
+        "generation": pl.Int64,
+        "origin": pl.Int64,
+        "points": pl.Int64,
+    }
+)
 
 #: A run `r` (alias of runs) belongs to its study's current grid: the study saved no grid, or
 #: the grid lists it.
@@ -158,7 +160,7 @@ def _layout(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[tuple[str, str], 
     return {table: tuple(columns) for table, columns in layout.items()}
 
 
-def _layout_mismatch(layout: dict, version: int) -> str | None:
+def _layout_mismatch(layout: dict[str, tuple[tuple[str, str], ...]], version: int) -> str | None:
     """Why a file's tables are not collapselab's layout `version` (1 exactly as released; the
     current one: every table with its columns), or None when they are."""
     if version == 1:
@@ -171,8 +173,8 @@ def _layout_mismatch(layout: dict, version: int) -> str | None:
                 f"tables {', '.join(sorted(layout))} are not collapselab's "
                 f"({', '.join(sorted(V1_LAYOUT))})"
             )
-        table = next(t for t in sorted(V1_LAYOUT) if layout[t] != V1_LAYOUT[t])
-        return f"table {table} has other columns than collapselab's version 1"
+        name = next(t for t in sorted(V1_LAYOUT) if layout[t] != V1_LAYOUT[t])
+        return f"table {name} has other columns than collapselab's version 1"
     for table in TABLES:
         columns = tuple(name for name, _ in layout.get(table.name, ()))
         if columns != tuple(c.name for c in table.columns):
@@ -207,7 +209,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int) -> None:
 
     1 -> 2: run status 'collapsed' becomes 'degenerate' and column `collapse_generation`
     becomes `degenerate_generation` (the runs table is rebuilt, since DuckDB cannot alter a CHECK
-    constraint); each study's grid is recorded from its stored config."""
+    constraint); each study's grid is recorded from its stored config.
+    2 -> 3: table `samples` becomes `examples`, its rows unchanged."""
     con.begin()
     try:
         names = _table_names(con)
@@ -220,6 +223,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int) -> None:
             )
             con.execute("DROP TABLE runs")
             con.execute("ALTER TABLE runs_migrated RENAME TO runs")
+        if version < 3 and "samples" in names:  # before ddl(), which would create it empty
+            con.execute("ALTER TABLE samples RENAME TO examples")
         con.execute(ddl())
         if version < 2 and "studies" in names:
             studies = con.sql("SELECT name, config::VARCHAR FROM studies").fetchall()
@@ -355,7 +360,7 @@ class Store:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise self._fault(exc) from None
+                raise (self._fault(exc) or exc) from None
         con = self._open(read_only=read_only)
         try:
             ready = self._prepare(con, read_only=read_only)
@@ -395,7 +400,7 @@ class Store:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(lock_path, "a+")  # noqa: SIM115 (closed by the with below)
         except OSError as exc:
-            raise self._fault(exc) from None
+            raise (self._fault(exc) or exc) from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -453,23 +458,24 @@ class Store:
         self,
         runs: pl.DataFrame,
         metrics: pl.DataFrame,
-        samples: pl.DataFrame | None = None,
+        examples: pl.DataFrame | None = None,
         provenance: pl.DataFrame | None = None,
     ) -> None:
-        """Upsert runs and replace their metrics, samples and provenance, all in one transaction.
+        """Upsert runs and replace their metrics, examples and provenance, all in one
+        transaction.
 
-        A run's rows are replaced as a whole: `samples` or `provenance` left as None leaves the
+        A run's rows are replaced as a whole: `examples` or `provenance` left as None leaves the
         ingested runs with none, so the database always holds one consistent result per run."""
         if runs.is_empty():
             return
-        samples = samples if samples is not None else pl.DataFrame(schema=SAMPLE_COLUMNS)
+        examples = examples if examples is not None else pl.DataFrame(schema=EXAMPLE_COLUMNS)
         provenance = (
             provenance if provenance is not None else pl.DataFrame(schema=PROVENANCE_COLUMNS)
         )
         with self._connect(read_only=False) as con:
             con.register("incoming_runs", runs.to_arrow())
             con.register("incoming_metrics", metrics.to_arrow())
-            con.register("incoming_samples", samples.to_arrow())
+            con.register("incoming_examples", examples.to_arrow())
             con.register("incoming_provenance", provenance.to_arrow())
             con.begin()
             try:
@@ -483,7 +489,9 @@ class Store:
                     "INSERT OR REPLACE INTO metrics BY NAME "
                     "SELECT * FROM incoming_metrics WHERE NOT isnan(value)"
                 )
-                con.execute("INSERT OR REPLACE INTO samples BY NAME SELECT * FROM incoming_samples")
+                con.execute(
+                    "INSERT OR REPLACE INTO examples BY NAME SELECT * FROM incoming_examples"
+                )
                 con.execute(
                     "INSERT OR REPLACE INTO provenance BY NAME SELECT * FROM incoming_provenance"
                 )
@@ -493,7 +501,7 @@ class Store:
                 raise
 
     def prune(self, study: str) -> int:
-        """Delete the study's superseded runs with their metrics, samples and provenance, in one
+        """Delete the study's superseded runs with their metrics, examples and provenance, in one
         transaction; return how many runs went."""
         with self._connect(read_only=False) as con:
             con.begin()
@@ -593,7 +601,7 @@ class Store:
 
     def report_signature(self, study: str) -> str:
         """A digest of what a study's report is drawn from: its stored config and text, its
-        grid, its current runs as stored (ingest replaces a run's metrics, samples and provenance
+        grid, its current runs as stored (ingest replaces a run's metrics, examples and provenance
         with its row, whose start time then changes) and its superseded count."""
         with self._connect(read_only=True) as con:
             parts = [
@@ -627,22 +635,31 @@ class Store:
         )
 
     def export(self, out_dir: str | Path, *, file_format: str = "parquet") -> list[Path]:
-        """Every table to `<out_dir>/<table>.<format>` (parquet or csv), for polars, pandas or R.
-        The runs file has one more column, `superseded` (true for a run outside its study's
-        current grid: left out of every count and figure)."""
+        """Every table to `<out_dir>/<table>.<format>` (parquet or csv), for polars, pandas or R;
+        JSON columns are written as JSON text (strings). The runs file has one more column,
+        `superseded` (true for a run outside its study's current grid: left out of every count
+        and figure)."""
         if file_format not in ("parquet", "csv"):
             raise ValueError(f"format must be parquet or csv, got {file_format!r}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        layouts = {t.name: t for t in TABLES}
         written = []
         with self._connect(read_only=True) as con:
             for table in EXPORTED:
                 target = out / f"{table}.{file_format}"
                 escaped = str(target).replace("'", "''")
+                # JSON columns as text: parquet would carry DuckDB's JSON type as bytes (polars
+                # reads Binary), while a string column reads as text everywhere
+                as_text = [c.name for c in layouts[table].columns if c.sql_type == "JSON"]
+                columns = "*"
+                if as_text:
+                    columns += f" REPLACE ({', '.join(f'{c}::VARCHAR AS {c}' for c in as_text)})"
                 query = (
-                    f"SELECT r.*, NOT {CURRENT} AS superseded FROM runs r ORDER BY study, run_id"
+                    f"SELECT r.{columns}, NOT {CURRENT} AS superseded FROM runs r "
+                    "ORDER BY study, run_id"
                     if table == "runs"
-                    else f"SELECT * FROM {table}"
+                    else f"SELECT {columns} FROM {table}"
                 )
                 try:
                     con.execute(f"COPY ({query}) TO '{escaped}' (FORMAT {file_format})")
@@ -680,13 +697,14 @@ class Store:
             [study],
         )
 
-    def samples(self, study: str) -> pl.DataFrame:
-        """Samples kept for the report (current grid), with run labels; `items` is a JSON list."""
+    def examples(self, study: str) -> pl.DataFrame:
+        """Examples kept for the report (current grid), with run labels; `items` is a JSON
+        list."""
         return self._query(
             f"""
             SELECT s.run_id, r.family, r.model, r.strategy_label, r.replicate, s.generation,
                    s.kind, s.items::VARCHAR AS items
-            FROM samples s JOIN runs r USING (run_id)
+            FROM examples s JOIN runs r USING (run_id)
             WHERE r.study = ? AND {CURRENT}
             ORDER BY r.model, r.strategy_label, r.replicate, s.generation
             """,
@@ -824,19 +842,19 @@ class Store:
             }
         )
 
-    def report_samples(self, study: str) -> pl.DataFrame:
-        """Store.samples of each (model, strategy)'s first stored replicate only: what the
-        report's galleries show."""
+    def report_examples(self, study: str) -> pl.DataFrame:
+        """Store.examples of each (model, strategy)'s first stored replicate only: what the
+        report shows."""
         return self._query(
             f"""
             {self._grid_cte()},
             first AS (
                 SELECT model, strategy_label, min(replicate) AS replicate
-                FROM grid JOIN samples USING (run_id) GROUP BY ALL
+                FROM grid JOIN examples USING (run_id) GROUP BY ALL
             )
             SELECT s.run_id, g.family, g.model, g.strategy_label, g.replicate, s.generation,
                    s.kind, s.items::VARCHAR AS items
-            FROM samples s JOIN grid g USING (run_id)
+            FROM examples s JOIN grid g USING (run_id)
                 JOIN first f USING (model, strategy_label, replicate)
             ORDER BY g.model, g.strategy_label, s.generation
             """,
@@ -864,16 +882,15 @@ class Store:
 
 
 #: Column types of Store.metric_summary and final_summary (collapselab.report.aggregates).
-_METRIC_SUMMARY_SCHEMA = {
-    "generation": pl.Int64,
-    "points": pl.Int64,
-    "finite": pl.Int64,
-    "mean": pl.Float64,
-    "sd": pl.Float64,
-}
-_FINAL_SUMMARY_SCHEMA = {
-    "finite": pl.Int64,
-    "infinite": pl.Int64,
-    "mean": pl.Float64,
-    "sd": pl.Float64,
-}
+_METRIC_SUMMARY_SCHEMA = pl.Schema(
+    {
+        "generation": pl.Int64,
+        "points": pl.Int64,
+        "finite": pl.Int64,
+        "mean": pl.Float64,
+        "sd": pl.Float64,
+    }
+)
+_FINAL_SUMMARY_SCHEMA = pl.Schema(
+    {"finite": pl.Int64, "infinite": pl.Int64, "mean": pl.Float64, "sd": pl.Float64}
+)

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import polars as pl
+from polars.datatypes import DataTypeClass
+
+#: A column's polars type: a class (pl.Int64) or an instance (pl.Datetime("us", "UTC")).
+PolarsType = pl.DataType | DataTypeClass
 
 
 class RunStatus(StrEnum):
@@ -31,9 +35,10 @@ DONE_STATUSES = (RunStatus.completed, RunStatus.degenerate)
 #: Version 2: status 'degenerate', column `degenerate_generation` (was `collapse_generation`),
 #: `study_runs` (the grid of each study's latest run),
 #: `schema_version`.
-SCHEMA_VERSION = 2
+#: Version 3: table `examples` (was `samples`: one name for what a family keeps of its models).
+SCHEMA_VERSION = 3
 
-_SQL_TYPES = {
+_SQL_TYPES: dict[PolarsType, str] = {
     pl.String: "VARCHAR",
     pl.Int64: "BIGINT",
     pl.Float64: "DOUBLE",
@@ -44,7 +49,7 @@ _SQL_TYPES = {
 @dataclass(frozen=True)
 class Column:
     name: str
-    dtype: pl.DataType | type[pl.DataType]
+    dtype: PolarsType
     nullable: bool = True
     #: a DuckDB CHECK expression on this column
     check: str | None = None
@@ -61,10 +66,10 @@ class Column:
         return " ".join(parts)
 
 
-def _sql_type(dtype) -> str:
+def _sql_type(dtype: PolarsType) -> str:
     if isinstance(dtype, pl.Datetime):
         return "TIMESTAMPTZ" if dtype.time_zone else "TIMESTAMP"
-    return _SQL_TYPES[dtype if isinstance(dtype, type) else type(dtype)]
+    return _SQL_TYPES[dtype.base_type()]
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,9 @@ class Table:
     primary_key: tuple[str, ...] = ()
 
     @property
-    def schema(self) -> dict[str, pl.DataType]:
+    def schema(self) -> pl.Schema:
         """The polars schema of the table's rows, in column order."""
-        return {c.name: c.dtype for c in self.columns}
+        return pl.Schema([(c.name, c.dtype) for c in self.columns])
 
     def ddl(self, name: str | None = None) -> str:
         """`CREATE TABLE IF NOT EXISTS` for this table (under `name` when given: migrations build
@@ -143,13 +148,14 @@ METRICS = Table(
     ),
     primary_key=("run_id", "generation", "metric"),
 )
-SAMPLES = Table(
-    "samples",
+#: What a family keeps of a run's models for the report (`ModelFamily.examples`).
+EXAMPLES = Table(
+    "examples",
     (
         Column("run_id", pl.String, nullable=False),
         Column("generation", pl.Int64, nullable=False),
         Column("kind", pl.String, nullable=False),  # text | image | density | ranks
-        Column("items", pl.String, nullable=False, sql_type="JSON"),  # a few samples, a JSON list
+        Column("items", pl.String, nullable=False, sql_type="JSON"),  # a JSON list
     ),
     primary_key=("run_id", "generation"),
 )
@@ -172,13 +178,15 @@ SCHEMA_VERSION_TABLE = Table(
 )
 
 #: Every table, in creation and export order.
-TABLES = (STUDIES, STUDY_RUNS, RUNS, METRICS, SAMPLES, PROVENANCE, SCHEMA_VERSION_TABLE)
+TABLES = (STUDIES, STUDY_RUNS, RUNS, METRICS, EXAMPLES, PROVENANCE, SCHEMA_VERSION_TABLE)
 #: Tables holding one run's results, keyed on run_id (what prune deletes besides the run).
-RUN_RESULT_TABLES = (METRICS, SAMPLES, PROVENANCE)
+RUN_RESULT_TABLES = (METRICS, EXAMPLES, PROVENANCE)
+#: Tables `export` writes, under these names (schema_version is bookkeeping).
+EXPORTED = tuple(t.name for t in TABLES if t is not SCHEMA_VERSION_TABLE)
 
 RUN_COLUMNS = RUNS.schema
 METRIC_COLUMNS = METRICS.schema
-SAMPLE_COLUMNS = SAMPLES.schema
+EXAMPLE_COLUMNS = EXAMPLES.schema
 PROVENANCE_COLUMNS = PROVENANCE.schema
 
 
@@ -188,7 +196,8 @@ def ddl() -> str:
 
 
 #: Version 1 as released, table -> ((column, DuckDB type), ...): a file without a schema_version
-#: table is migrated only when its tables are exactly these (anything else is not ours).
+#: table is migrated only when its tables are exactly these (anything else is not ours). Its
+#: `samples` table is today's `examples`.
 V1_LAYOUT: dict[str, tuple[tuple[str, str], ...]] = {
     "metrics": (
         ("run_id", "VARCHAR"),

@@ -159,30 +159,6 @@ def test_an_exception_is_recorded_as_failed():
     assert "RuntimeError: disk on fire" in outcome.error and "generation 0" in outcome.error
 
 
-def test_batches_cover_every_run_once_in_grid_order():
-    from collapselab.chain import plan_batches
-
-    specs = parse_study(
-        {
-            "name": "b",
-            "seed": 0,
-            "generations": 1,
-            "replicates": 37,
-            "samples_per_generation": 5,
-            "models": [{"family": "gaussian"}],
-            "strategies": ["replace", "accumulate"],
-        }
-    ).run_specs()
-    for workers, size in ((1, None), (2, None), (16, None), (2, 5)):
-        batches = plan_batches(specs, workers=workers, batch_size=size)
-        assert [s for b in batches for s in b] == specs
-        assert len(batches) <= max(4 * workers, len(specs))
-        if size:
-            assert all(len(b) <= size for b in batches)
-    assert len(plan_batches(specs, workers=2)) == 8  # about four tasks per worker
-    assert plan_batches([], workers=2) == []
-
-
 @pytest.mark.parametrize(
     ("family", "strategy"), [(f, s) for f in sorted(FAMILIES) for s in STRATEGIES]
 )
@@ -190,7 +166,7 @@ def test_provenance_accounts_for_every_training_point(family, strategy):
     """Every family under every strategy: each generation's counts by origin add up to the
     training set's size, its real share is the `real_fraction` metric, no point comes from a
     model not yet fitted, and the kept examples serialise to the JSON the store keeps."""
-    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+    from collapselab.chain import outcomes_to_examples, outcomes_to_provenance
 
     outcome = run_chain(one_spec(family, strategy))
     assert outcome.status == COMPLETED, outcome.error
@@ -207,4 +183,4 @@ def test_provenance_accounts_for_every_training_point(family, strategy):
         )
         assert rows["origin"].min() >= -1 and rows["origin"].max() <= t - 1  # model 0: all real
         assert (rows["points"] > 0).all() and rows["origin"].n_unique() == rows.height
-    outcomes_to_samples([outcome])  # json.dumps of every family's examples
+    outcomes_to_examples([outcome])  # json.dumps of every family's examples

@@ -1,4 +1,5 @@
-"""Files written before the schema had a version: migrated in one transaction, or left unchanged."""
+"""Files written by older layouts (before the schema had a version, and version 2 with its
+`samples` table): migrated in one transaction, or left unchanged."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from collapselab import store as store_module
-from collapselab.chain import outcomes_to_frames, outcomes_to_provenance, run_many
+from collapselab.chain import (
+    outcomes_to_examples,
+    outcomes_to_frames,
+    outcomes_to_provenance,
+    run_many,
+)
 from collapselab.config import parse_study
 from collapselab.store import Store, StoreBroken
 from collapselab.tables import SCHEMA_VERSION
@@ -88,6 +94,7 @@ def old_file(path, tiny_study, *, schema: str = OLD_SCHEMA) -> dict:
         .otherwise("collapse_generation"),
     )
     provenance = outcomes_to_provenance(outcomes)
+    examples = outcomes_to_examples(outcomes)
     with duckdb.connect(str(path)) as con:
         con.execute(schema)
         con.execute(
@@ -101,7 +108,12 @@ def old_file(path, tiny_study, *, schema: str = OLD_SCHEMA) -> dict:
                 datetime.now(UTC),
             ],
         )
-        for name, frame in (("runs", runs), ("metrics", metrics), ("provenance", provenance)):
+        for name, frame in (
+            ("runs", runs),
+            ("metrics", metrics),
+            ("samples", examples),
+            ("provenance", provenance),
+        ):
             con.register("incoming", frame.to_arrow())
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
             con.unregister("incoming")
@@ -110,6 +122,7 @@ def old_file(path, tiny_study, *, schema: str = OLD_SCHEMA) -> dict:
         "grid": {spec.run_id for spec in current.run_specs()},
         "runs": runs,
         "metrics": metrics,
+        "examples": examples,
     }
 
 
@@ -151,6 +164,7 @@ def test_an_old_file_is_migrated_on_first_read(tmp_path, tiny_study):
         assert con.sql("SELECT count(*) FROM runs").fetchall() == [(24,)]
     keys = ["run_id", "generation", "metric"]
     assert metrics.sort(keys).equals(written["metrics"].sort(keys))
+    assert_examples_renamed(path, written["examples"])
     # the new CHECK constraint is in force
     with duckdb.connect(str(path)) as con, pytest.raises(duckdb.ConstraintException):
         con.execute(f"UPDATE runs SET status = 'collapsed' WHERE run_id = '{written['ended']}'")
@@ -214,3 +228,155 @@ def test_a_fresh_file_starts_at_the_current_version(tmp_path, tiny_study):
     assert store.migrate() == SCHEMA_VERSION
     with duckdb.connect(str(store.path), read_only=True) as con:
         assert con.sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+# --- version 2: the `samples` table becomes `examples` ----------------------------------------
+
+#: The layout of schema version 2 as released (collapselab.tables.ddl() at that version, verbatim).
+V2_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    name VARCHAR NOT NULL,
+    seed BIGINT NOT NULL,
+    config JSON NOT NULL,
+    study_text VARCHAR,
+    n_runs BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (name)
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (study, run_id)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR NOT NULL,
+    study VARCHAR NOT NULL,
+    family VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    strategy VARCHAR NOT NULL,
+    strategy_label VARCHAR NOT NULL,
+    real_fraction DOUBLE,
+    temperature DOUBLE NOT NULL,
+    replicate BIGINT NOT NULL,
+    generations BIGINT NOT NULL,
+    samples_per_generation BIGINT NOT NULL,
+    params JSON NOT NULL,
+    status VARCHAR NOT NULL CHECK (status IN ('completed', 'degenerate', 'failed')),
+    error VARCHAR,
+    degenerate_generation BIGINT,
+    started_at TIMESTAMPTZ NOT NULL,
+    duration_s DOUBLE NOT NULL,
+    code_version VARCHAR NOT NULL,
+    PRIMARY KEY (run_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    generation BIGINT NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE NOT NULL CHECK (NOT isnan(value)),
+    PRIMARY KEY (run_id, generation, metric)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id VARCHAR NOT NULL,
+    generation BIGINT NOT NULL,
+    kind VARCHAR NOT NULL,
+    items JSON NOT NULL,
+    PRIMARY KEY (run_id, generation)
+);
+CREATE TABLE IF NOT EXISTS provenance (
+    run_id VARCHAR NOT NULL,
+    generation BIGINT NOT NULL,
+    origin BIGINT NOT NULL CHECK (origin >= -1),
+    points BIGINT NOT NULL CHECK (points > 0),
+    PRIMARY KEY (run_id, generation, origin)
+);
+CREATE TABLE IF NOT EXISTS schema_version (
+    version BIGINT NOT NULL,
+    migrated_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+def version_2_file(path, tiny_study) -> dict:
+    """A database as version 2 wrote it: the tiny study, its grid, and its kept examples in
+    the table then called `samples`."""
+    study = parse_study(tiny_study)
+    outcomes = run_many(study.run_specs())
+    runs, metrics = outcomes_to_frames(outcomes)
+    examples = outcomes_to_examples(outcomes)
+    assert examples.height > 0
+    with duckdb.connect(str(path)) as con:
+        con.execute(V2_SCHEMA)
+        con.execute("INSERT INTO schema_version VALUES (2, ?)", [datetime.now(UTC)])
+        con.execute(
+            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                study.name,
+                study.seed,
+                json.dumps(study.model_dump(mode="json")),
+                "name: tiny\n",
+                runs.height,
+                datetime.now(UTC),
+            ],
+        )
+        con.executemany(
+            "INSERT INTO study_runs VALUES (?, ?)",
+            [(study.name, run_id) for run_id in runs["run_id"]],
+        )
+        for name, frame in (
+            ("runs", runs),
+            ("metrics", metrics),
+            ("samples", examples),
+            ("provenance", outcomes_to_provenance(outcomes)),
+        ):
+            con.register("incoming", frame.to_arrow())
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+    return {"runs": runs, "metrics": metrics, "examples": examples}
+
+
+def assert_examples_renamed(path, examples: pl.DataFrame) -> None:
+    """The file has an `examples` table holding exactly `examples` and no `samples` table."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        names = {n for (n,) in con.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
+        stored = con.sql(
+            "SELECT run_id, generation, kind, items::VARCHAR AS items FROM examples"
+        ).pl()
+    assert "samples" not in names and "examples" in names
+    keys = ["run_id", "generation"]
+    assert stored.sort(keys).equals(examples.sort(keys))
+
+
+def test_a_version_2_file_gets_its_samples_table_renamed_examples(tmp_path, tiny_study):
+    path = tmp_path / "v2.duckdb"
+    written = version_2_file(path, tiny_study)
+    store = Store(path)
+
+    report_rows = store.report_examples("tiny")  # a read: the file is migrated first
+    assert_examples_renamed(path, written["examples"])
+    assert set(report_rows["replicate"]) == {0}
+    assert report_rows.height == written["examples"].height  # only replicate 0 keeps examples
+    assert store.examples("tiny").height == written["examples"].height
+    assert store.runs("tiny").height == written["runs"].height
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        metrics = con.sql("SELECT * FROM metrics").pl()
+    keys = ["run_id", "generation", "metric"]
+    assert metrics.sort(keys).equals(written["metrics"].sort(keys))
+    # examples land in the renamed table from now on, and a re-ingest replaces them
+    store.ingest(written["runs"], written["metrics"], written["examples"].head(1))
+    assert store.examples("tiny").height == 1
+
+
+def test_a_failure_migrating_version_2_leaves_the_samples_table(tmp_path, tiny_study, monkeypatch):
+    path = tmp_path / "v2.duckdb"
+    version_2_file(path, tiny_study)
+    before = snapshot(path)
+
+    def fail() -> str:  # runs after the rename, in the same transaction
+        raise duckdb.ConversionException("simulated failure after the rename")
+
+    monkeypatch.setattr(store_module, "ddl", fail)
+    with pytest.raises(StoreBroken, match=r"cannot be migrated from schema version 2 .*unchanged"):
+        Store(path).examples("tiny")
+    assert snapshot(path) == before

@@ -209,10 +209,10 @@ def test_task_returns_provenance_and_ingest_stores_it(tmp_path):
     from tasks.chains import ingest, run_chains
 
     specs = [spec("accumulate"), spec({"name": "fixed-fraction", "real_fraction": P})]
-    runs, metrics, samples, provenance = run_chains.fn(specs, "label")
+    runs, metrics, examples, provenance = run_chains.fn(specs, "label")
     assert provenance.equals(outcomes_to_provenance(run_many(specs)))
     db = tmp_path / "p.duckdb"
-    assert ingest.fn(str(db), runs, metrics, samples, "label", provenance=provenance) is None
+    assert ingest.fn(str(db), runs, metrics, examples, "label", provenance=provenance) is None
     stored = Store(db).provenance("provenance")
     assert (
         stored.select(provenance.columns)
@@ -220,5 +220,5 @@ def test_task_returns_provenance_and_ingest_stores_it(tmp_path):
         .equals(provenance.sort(provenance.columns))
     )
     # the old call without provenance still works, and leaves the runs with none
-    ingest.fn(str(db), runs, metrics, samples, "label")
+    ingest.fn(str(db), runs, metrics, examples, "label")
     assert Store(db).provenance("provenance").is_empty()

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import polars as pl
 import pytest
 from markupsafe import escape
 
 from collapselab.chain import outcomes_to_frames, run_many
 from collapselab.config import load_study, parse_study
+from collapselab.models import FAMILIES
 from collapselab.report import (
-    METRICS,
     TIDY_COLUMNS,
     describe_metric,
     render_report,
@@ -146,10 +147,23 @@ def test_quick_page_has_a_section_and_one_svg_per_metric(quick: dict[str, Any]) 
     assert page.count("<svg") == len(metrics) == page.count("<figure")
     assert page.count("<figcaption>") == len(metrics)
     for metric in metrics:
-        assert escaped(describe_metric(metric).title) in page
-        assert escaped(describe_metric(metric).description) in page
+        info = describe_metric("gaussian", metric)
+        assert escaped(info.title) in page and escaped(info.meaning) in page
+        assert escaped(info.axis_label) in page
     assert "Error of the fitted mean" in page and "Log y-axis" in page
     assert plt.get_fignums() == []  # every figure was closed
+
+
+#: A final-generation row: its metric's title, then its direction where it has one.
+FINAL_ROW = re.compile(
+    r'<tr><th scope="row">([^<]*?) ?(?:<span class="direction">\(([^<]*)\)</span>)?</th>(.*?)</tr>'
+)
+
+
+def final_directions(page: str, model: str) -> dict[str, str]:
+    """A model's final-generation rows read back: {row header: direction ("" for none)}."""
+    section = page.split(f"Model {escaped(model)}</h2>", 1)[1].split("</section>", 1)[0]
+    return {header: direction for header, direction, _ in FINAL_ROW.findall(section)}
 
 
 def final_table(page: str, model: str) -> dict[str, dict[str, str]]:
@@ -158,7 +172,7 @@ def final_table(page: str, model: str) -> dict[str, dict[str, str]]:
     cells: dict[str, dict[str, str]] = {}
     for table in re.findall(r'<table class="fit final">(.*?)</table>', section, re.DOTALL):
         strategies = re.findall(r'<th scope="col">([^<]*)</th>', table)[1:]
-        for header, row in re.findall(r'<tr><th scope="row">([^<]*)</th>(.*?)</tr>', table):
+        for header, _, row in FINAL_ROW.findall(table):
             values = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
             cells.setdefault(header, {}).update(zip(strategies, values, strict=True))
     return cells
@@ -182,6 +196,13 @@ def test_quick_page_final_table_lists_every_strategy_with_final_means(
     assert table["Variance ratio"]["replace"] == f"{final.mean():.3g} ± {final.std():.3g}"
     assert len(table) == 2 + tidy["metric"].n_unique()
     assert "last generation each run reached" in page
+    # rows in the family's order, each saying which way is further from collapse
+    directions = final_directions(page, "gaussian")
+    titles = [info.title for info in FAMILIES["gaussian"].metrics_info.values()]
+    assert list(directions)[2 : 2 + len(titles)] == titles
+    assert directions["Error of the fitted mean"] == "lower is better"
+    assert directions["Variance ratio"] == "nearer 1 is better"
+    assert directions["Training-set size"] == "" and directions["Runs"] == ""
 
 
 def test_quick_page_echoes_the_study_file(quick: dict[str, Any]) -> None:
@@ -367,11 +388,6 @@ def test_every_figure_uses_the_page_wide_strategy_colours(quick: dict[str, Any])
             assert colour in svg
 
 
-def test_unknown_metric_falls_back_to_its_name() -> None:
-    assert describe_metric("mystery").title == "mystery"
-    assert describe_metric("variance_ratio") is METRICS["variance_ratio"]
-
-
 def test_long_chains_are_drawn_at_every_kth_generation() -> None:
     study = parse_study(
         {
@@ -394,7 +410,14 @@ def test_long_chains_are_drawn_at_every_kth_generation() -> None:
     assert vertices and 50 < max(vertices) <= 151  # 0, 4, ..., 600: no more than ~200
 
 
-def _samples(runs: pl.DataFrame, kind: str, items: list) -> pl.DataFrame:
+def as_family(frame: pl.DataFrame, family: str) -> pl.DataFrame:
+    """The quick study's rows as if another family had made them."""
+    return frame.with_columns(family=pl.lit(family), model=pl.lit(family))
+
+
+def _examples(runs: pl.DataFrame, kind: str, items: list) -> pl.DataFrame:
+    """Examples of `kind` as Store.examples returns them, for the first replicate of each
+    strategy of `runs`."""
     import json
 
     first = runs.sort("replicate").group_by("strategy_label", maintain_order=True).first()
@@ -416,21 +439,61 @@ def _samples(runs: pl.DataFrame, kind: str, items: list) -> pl.DataFrame:
     )
 
 
-def test_image_samples_render_as_one_gallery_per_model(quick: dict[str, Any]) -> None:
+def test_image_examples_render_as_one_mosaic_grid_per_model(quick: dict[str, Any]) -> None:
+    runs, tidy = as_family(quick["runs"], "digits"), as_family(quick["tidy"], "digits")
     digit = [[(r * 8 + c) % 17 for c in range(8)] for r in range(8)]
-    samples = _samples(quick["runs"], "image", [digit] * 16)
-    page = render(quick["tidy"], quick["runs"], samples=samples)
+    examples = _examples(runs, "image", [digit] * 16)
+    page = render(tidy, runs, examples=examples)
     assert page.count('class="gallery"') == 1
-    assert "Samples</h3>" in page and "generation 15" in page
-    assert page.count("<svg") == 8  # seven metric figures and the gallery
+    assert "Examples</h3>" in page and "generation 15" in page
+    assert "Up to 16 images sampled from each model" in page  # digits' 4 x 4 mosaic
+    assert page.count("<svg") == 8  # seven metric figures and the examples
+    assert page.count('class="pixels"') == 3 * runs["strategy_label"].n_unique()
 
 
-def test_text_samples_are_listed_and_escaped(quick: dict[str, Any]) -> None:
-    samples = _samples(quick["runs"], "text", ["the cat sat .", XSS])
-    page = render(quick["tidy"], quick["runs"], samples=samples)
+def test_image_pixels_follow_the_familys_pixel_range() -> None:
+    import base64
+    import zlib
+
+    from collapselab.report.examples import mosaic, png_data_uri
+
+    def pixels(image: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
+        png = base64.b64decode(png_data_uri(image, pixel_range).split(",", 1)[1])
+        raw = zlib.decompress(png[png.index(b"IDAT") + 4 :])
+        width = image.shape[1]
+        rows = [raw[i + 1 : i + 1 + width] for i in range(0, len(raw), width + 1)]
+        return np.array([list(row) for row in rows])
+
+    ink = np.array([[0.0, 8.0, 16.0, 20.0]])
+    assert pixels(ink, (0.0, 16.0)).tolist() == [[255, 128, 0, 0]]  # white to black, clipped
+    assert pixels(ink / 16, (0.0, 1.0)).tolist() == [[255, 128, 0, 0]]
+    tiles = mosaic([np.full((2, 2), float(i)) for i in range(9)], side=3)
+    assert tiles.shape == (8, 8) and np.isnan(tiles[2]).all()  # one-pixel gaps
+    assert pixels(tiles, (0.0, 8.0))[2].tolist() == [255] * 8  # gaps drawn blank
+    assert mosaic([np.ones((2, 2))] * 20, side=2).shape == (5, 5)  # side x side at most
+
+
+def test_text_examples_are_listed_and_escaped(quick: dict[str, Any]) -> None:
+    runs, tidy = as_family(quick["runs"], "ngram"), as_family(quick["tidy"], "ngram")
+    examples = _examples(runs, "text", ["the cat sat .", XSS])
+    page = render(tidy, runs, examples=examples)
     assert "<q>the cat sat .</q>" in page
     assert escaped(XSS) in page and XSS not in page
-    assert page.count('class="samples"') == 1
+    assert page.count('class="examples"') == 1
+
+
+def test_examples_the_report_cannot_draw_get_one_line(quick: dict[str, Any]) -> None:
+    runs, tidy = as_family(quick["runs"], "gone"), as_family(quick["tidy"], "gone")
+    page = render(tidy, runs, examples=_examples(runs, "density", [{"mean": [0], "cov": [[1]]}]))
+    line = escaped("Examples not drawn: the family 'gone' that made them is not installed here.")
+    assert page.count(line) == 1 and "Examples</h3>" in page
+    assert page.count("<svg") == 7 and "variance_ratio" in page  # raw metric names
+    assert page.count("The family is not available here (unknown model family") == 1
+    # examples stored under another kind than the installed family draws
+    digit = [[0.0] * 8] * 8
+    page = render(quick["tidy"], quick["runs"], examples=_examples(quick["runs"], "image", [digit]))
+    assert escaped("stored as image, and the installed family 'gaussian' draws density") in page
+    assert page.count("<svg") == 7
 
 
 def test_a_partly_stored_study_says_what_is_missing(quick: dict[str, Any]) -> None:
@@ -520,9 +583,9 @@ def test_provenance_is_drawn_per_strategy_and_references_are_overlaid() -> None:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A study with infinities, degenerate runs, a failed run, samples, provenance and a
+    """A study with infinities, degenerate runs, a failed run, examples, provenance and a
     superseded run, stored in a real database and kept in memory too."""
-    from collapselab.chain import outcomes_to_provenance, outcomes_to_samples
+    from collapselab.chain import outcomes_to_examples, outcomes_to_provenance
     from collapselab.store import Store
 
     study = parse_study(
@@ -550,7 +613,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         .then(float("inf"))
         .otherwise("value")
     )
-    samples = outcomes_to_samples(outcomes)
+    examples = outcomes_to_examples(outcomes)
     provenance = outcomes_to_provenance(outcomes)
     db = tmp_path_factory.mktemp("stored") / "results.duckdb"
     store = Store(db)
@@ -561,7 +624,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         study_text="name: stored\n",
         run_ids=[*runs["run_id"].to_list()[1:], failed],
     )
-    store.ingest(runs, metrics, samples, provenance)
+    store.ingest(runs, metrics, examples, provenance)
     superseded = runs.head(1).with_columns(run_id=pl.lit("superseded-run"))
     store.ingest(superseded, metrics.head(50).with_columns(run_id=pl.lit("superseded-run")))
     tidy = tidy_frame(runs, metrics)
@@ -570,7 +633,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "study": study,
         "runs": runs,
         "tidy": tidy,
-        "samples": samples.join(labels, on="run_id"),
+        "examples": examples.join(labels, on="run_id"),
         "provenance": provenance.join(labels, on="run_id"),
     }
 
@@ -595,7 +658,7 @@ def test_store_aggregates_equal_those_of_the_whole_table(stored: dict[str, Any])
     in_memory = from_frames(
         stored["tidy"],
         stored["runs"],
-        samples=stored["samples"],
+        examples=stored["examples"],
         provenance=stored["provenance"],
         indicator_metrics=["variance_ratio", "tail_mass_ratio", "vocab_survival"],
     )
@@ -613,10 +676,13 @@ def test_store_aggregates_equal_those_of_the_whole_table(stored: dict[str, Any])
     assert set(from_store.indicators["metric"].unique()) == {
         "variance_ratio", "tail_mass_ratio", "vocab_survival"
     }  # fmt: skip
+    assert from_store.examples is not None and in_memory.examples is not None
     same(
-        from_store.samples.drop("items"), in_memory.samples.drop("items"), ["run_id", "generation"]
+        from_store.examples.drop("items"),
+        in_memory.examples.drop("items"),
+        ["run_id", "generation"],
     )
-    assert from_store.samples["replicate"].unique().to_list() == [0]  # only what galleries show
+    assert from_store.examples["replicate"].unique().to_list() == [0]  # only what the page shows
     same(from_store.provenance, in_memory.provenance, [*keys[:2], "generation", "origin"])
 
 
@@ -639,5 +705,76 @@ def test_the_page_from_the_store_shows_the_verdict_of_collapselab_verdict(
         assert cells[:3] == [str(row[k]) for k in ("rank", "runs", "collapsed")]
     assert "1 superseded run kept (not counted)" in page
     assert "1 failed run(s) are left out" in page
-    assert page.count('class="gallery"') == 4  # provenance and samples of both models
+    assert page.count('class="gallery"') == 4  # provenance and examples of both models
     assert "(+" in page and "× ∞)" in page and "were infinite" in page
+
+
+def model_section(page: str, model: str) -> str:
+    return page.split(f"Model {escaped(model)}</h2>", 1)[1].split("</section>", 1)[0]
+
+
+def test_each_family_labels_its_metrics_and_draws_its_examples(
+    stored: dict[str, Any], tmp_path: Path
+) -> None:
+    from collapselab.report.from_store import write_study_report
+
+    store, name = stored["store"], stored["study"].name
+    page = Path(write_study_report(str(store.path), name, str(tmp_path), store=store)).read_text()
+    sections = {
+        "gaussian": model_section(page, "gaussian"),
+        "categorical": model_section(page, "categorical(vocab_size=50)"),
+    }
+    units = {family: FAMILIES[family].metrics_info["test_nll"].axis_label for family in sections}
+    assert units["gaussian"] != units["categorical"]
+    for family, section in sections.items():
+        assert escaped(units[family]) in section  # test_nll's y axis, in the family's unit
+        other = next(f for f in sections if f != family)
+        assert escaped(units[other]) not in section
+        assert "Examples</h3>" in section
+    # the ranks' dashed truth comes from the family (categorical's true probabilities)
+    assert "dashed: the truth" in sections["categorical"]
+    assert ">truth</text>" in sections["categorical"]
+    gaussian_examples = sections["gaussian"].split("Examples</h3>", 1)[1].split("</figure>")[0]
+    assert "Density of each fitted model" in gaussian_examples
+    assert "truth" not in gaussian_examples  # gaussian gives no examples_truth
+
+
+def test_the_ranks_truth_is_the_familys_for_the_runs_stored_parameters(
+    stored: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from collapselab.report.examples import examples_section
+
+    categorical = FAMILIES["categorical"]
+    asked: list[Any] = []
+    truth = categorical.examples_truth
+
+    def recorded(params: Any) -> list[float] | None:
+        asked.append(params)
+        return truth(params)
+
+    monkeypatch.setattr(categorical, "examples_truth", recorded)
+    model = "categorical(vocab_size=50)"
+    examples = stored["examples"].filter(pl.col("model") == model)
+    params = stored["runs"].filter(pl.col("model") == model)["params"][0]
+    labels = sorted(examples["strategy_label"].unique().to_list())
+
+    def section(model_params: str) -> Any:
+        return examples_section(
+            examples,
+            family="categorical",
+            model_params=model_params,
+            anchor="x",
+            model=model,
+            labels=labels,
+        )
+
+    drawn = section(params)
+    assert drawn.kind == "figure" and "dashed: the truth" in drawn.figure.caption
+    assert [(p.family, p.vocab_size) for p in asked] == [("categorical", 50)]  # validated
+    spec = json.loads(params)
+    spec["model"]["vocab_size"] = "many"
+    refused = section(json.dumps(spec))
+    assert refused.kind == "note" and len(refused.note.splitlines()) == 1
+    assert "stored parameters are not valid for the installed family 'categorical'" in refused.note

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from collapselab.chain import outcomes_to_frames, outcomes_to_samples, run_many
+from collapselab.chain import outcomes_to_examples, outcomes_to_frames, run_many
 from collapselab.config import load_study
 from collapselab.onset import default_thresholds
 from collapselab.report import render_report
@@ -170,7 +170,7 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
         ),
         on="run_id",
     )
-    samples = outcomes_to_samples(outcomes).join(
+    examples = outcomes_to_examples(outcomes).join(
         runs.select("run_id", "family", "model", "strategy_label", "replicate"), on="run_id"
     )
     page = tmp_path / "index.html"
@@ -181,7 +181,7 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
             runs=runs,
             study_text=text,
             generated_at="now",
-            samples=samples,
+            examples=examples,
             thresholds=default_thresholds(),
         )
     )

@@ -1,6 +1,6 @@
 """The report's figures: bands clipped to each metric's domain, a log scale where the means span
 decades, strategy styles that stay distinguishable for every colour vision, metric info for every
-metric a family reports."""
+metric a family reports, read from the family."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 from collapselab.models import FAMILIES
-from collapselab.report import METRICS, describe_metric, strategy_styles
+from collapselab.models.base import GENERIC_METRICS, NON_NEGATIVE, SHARE
+from collapselab.report import describe_metric, strategy_styles
 from collapselab.report.figures import _y_scale, band_frame
-from collapselab.report.metrics_info import NON_NEGATIVE, SHARE
+from collapselab.report.metrics_info import better_text, metric_order
 from collapselab.report.style import STRATEGY_COLOURS
 
 SEEDS = 200
@@ -70,26 +71,73 @@ def test_band_is_mean_plus_minus_1_96_standard_errors() -> None:
 
 
 def test_log_scale_where_the_drawn_means_span_decades() -> None:
-    auto = describe_metric("variance_ratio")
+    auto = describe_metric("gaussian", "variance_ratio")
     assert auto.y_scale == "auto-log"
     assert _y_scale(auto, pl.Series([1.0, 0.3, 0.004])) == "log"
     assert _y_scale(auto, pl.Series([1.0, 0.5, 0.02])) == "linear"  # under two decades
     assert _y_scale(auto, pl.Series([1.0, 0.0])) == "linear"  # log cannot show 0
     assert _y_scale(auto, pl.Series([], dtype=pl.Float64)) == "linear"
-    assert _y_scale(describe_metric("mean_sq_error"), pl.Series([0.5, 0.6])) == "log"
-    assert _y_scale(describe_metric("entropy"), pl.Series([1e-3, 5.0])) == "linear"
+    assert _y_scale(describe_metric("gaussian", "mean_sq_error"), pl.Series([0.5, 0.6])) == "log"
+    entropy = describe_metric("categorical", "entropy")
+    assert _y_scale(entropy, pl.Series([1e-3, 5.0])) == "linear"
 
 
-def test_every_reported_metric_is_described_with_its_domain() -> None:
+def test_every_reported_metric_is_described_by_its_family_with_its_domain() -> None:
+    described = {}
     for family in FAMILIES.values():
         for metric in family.metric_names:
-            assert metric in METRICS, (family.name, metric)
+            info = describe_metric(family.name, metric)
+            assert info is family.metrics_info[metric], (family.name, metric)
             if metric != "test_nll":  # a continuous density's NLL can be any real number
-                assert METRICS[metric].domain != (None, None), metric
-    assert {"wasserstein2_distance", "frechet_distance_squared", "unseen_test_rate"} <= set(METRICS)
-    assert not {"wasserstein2", "frechet_distance"} & set(METRICS)
-    assert METRICS["unseen_test_rate"].domain == SHARE
-    assert "infinite" not in METRICS["kl_truth_model"].description
+                assert info.domain != (None, None), (family.name, metric)
+            described[metric] = info
+    assert {"wasserstein2_distance", "frechet_distance_squared", "unseen_test_rate"} <= set(
+        described
+    )
+    assert not {"wasserstein2", "frechet_distance"} & set(described)
+    assert described["unseen_test_rate"].domain == SHARE
+    assert "infinite" not in described["kl_truth_model"].meaning
+    for metric, info in GENERIC_METRICS.items():  # every family's runs record these
+        assert describe_metric("gaussian", metric) is info
+        assert info.domain in (SHARE, NON_NEGATIVE)
+
+
+def test_the_same_metric_carries_each_familys_own_unit() -> None:
+    labels = {
+        name: describe_metric(name, "test_nll").axis_label
+        for name, family in FAMILIES.items()
+        if "test_nll" in family.metrics_info
+    }
+    assert len(set(labels.values())) >= 3, labels  # per point, per token, per label, ...
+    assert "nats per point" in labels["gaussian"] and "token" in labels["categorical"]
+
+
+def test_an_unknown_metric_or_family_falls_back_to_its_raw_name() -> None:
+    plain = describe_metric("gaussian", "mystery")
+    assert (plain.title, plain.axis_label, plain.meaning) == ("mystery",) * 3
+    assert plain.better == "neither" and plain.domain == (None, None)
+    gone = describe_metric("uninstalled-plugin", "variance_ratio")  # not gaussian's entry
+    assert gone.title == "variance_ratio"
+    assert describe_metric("uninstalled-plugin", "train_size") is GENERIC_METRICS["train_size"]
+
+
+def test_metrics_are_ordered_as_the_family_declares_them() -> None:
+    gaussian = list(FAMILIES["gaussian"].metrics_info)
+    shuffled = ["zeta", "train_size", *reversed(gaussian), "alpha", "real_fraction"]
+    assert metric_order("gaussian", shuffled) == [
+        *gaussian,
+        *(m for m in GENERIC_METRICS if m not in gaussian),
+        "alpha",
+        "zeta",
+    ]
+    assert metric_order("uninstalled-plugin", ["b", "train_size", "a"]) == ["train_size", "a", "b"]
+
+
+def test_direction_wording() -> None:
+    gaussian = FAMILIES["gaussian"].metrics_info
+    assert better_text(gaussian["mean_sq_error"]) == "lower is better"
+    assert better_text(gaussian["variance_ratio"]) == "nearer 1 is better"
+    assert better_text(GENERIC_METRICS["train_size"]) == ""
 
 
 # --- strategy styles --------------------------------------------------------------------------

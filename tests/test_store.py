@@ -114,29 +114,29 @@ def test_reading_a_missing_database_is_a_clear_error(tmp_path):
     assert not (tmp_path / "none.duckdb").exists()
 
 
-def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, frames):
+def test_examples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, frames):
     import json
 
-    from collapselab.tables import SAMPLE_COLUMNS
+    from collapselab.tables import EXAMPLE_COLUMNS
 
     study, runs, metrics = frames
     store = Store(tmp_path / "r.duckdb")
     run_id = runs["run_id"][0]
-    samples = pl.DataFrame(
+    examples = pl.DataFrame(
         {
             "run_id": [run_id, run_id],
             "generation": [0, 6],
             "kind": ["text", "text"],
             "items": [json.dumps(["a b ."]), json.dumps(["c <d> ."])],
         },
-        schema=SAMPLE_COLUMNS,
+        schema=EXAMPLE_COLUMNS,
     )
-    store.ingest(runs, metrics, samples)
-    stored = store.samples(study.name)
+    store.ingest(runs, metrics, examples)
+    stored = store.examples(study.name)
     assert stored["generation"].to_list() == [0, 6]
     assert json.loads(stored["items"][1]) == ["c <d> ."]
-    store.ingest(runs, metrics, samples.head(1))
-    assert store.samples(study.name).height == 1
+    store.ingest(runs, metrics, examples.head(1))
+    assert store.examples(study.name).height == 1
 
 
 # --- provenance -----------------------------------------------------------------------------
@@ -144,14 +144,14 @@ def test_samples_are_stored_with_their_run_and_replaced_on_reingest(tmp_path, fr
 
 @pytest.fixture
 def with_provenance(tiny_study):
-    from collapselab.chain import outcomes_to_samples
+    from collapselab.chain import outcomes_to_examples
 
     study = parse_study(tiny_study)
     outcomes = run_many(study.run_specs())
     return (
         study,
         *outcomes_to_frames(outcomes),
-        outcomes_to_samples(outcomes),
+        outcomes_to_examples(outcomes),
         outcomes_to_provenance(outcomes),
     )
 
@@ -162,9 +162,9 @@ def provenance_rows(path) -> int:
 
 
 def test_provenance_round_trip_with_run_labels(tmp_path, with_provenance):
-    study, runs, metrics, samples, provenance = with_provenance
+    study, runs, metrics, examples, provenance = with_provenance
     store = Store(tmp_path / "r.duckdb")
-    store.ingest(runs, metrics, samples, provenance)
+    store.ingest(runs, metrics, examples, provenance)
     stored = store.provenance(study.name)
     assert stored.columns == [
         "run_id",
@@ -192,14 +192,14 @@ def test_provenance_round_trip_with_run_labels(tmp_path, with_provenance):
 
 
 def test_provenance_is_replaced_on_reingest(tmp_path, with_provenance):
-    study, runs, metrics, samples, provenance = with_provenance
+    study, runs, metrics, examples, provenance = with_provenance
     store = Store(tmp_path / "r.duckdb")
-    store.ingest(runs, metrics, samples, provenance)
-    store.ingest(runs, metrics, samples, provenance)  # twice: one copy
+    store.ingest(runs, metrics, examples, provenance)
+    store.ingest(runs, metrics, examples, provenance)  # twice: one copy
     assert provenance_rows(store.path) == provenance.height
     one = runs["run_id"][0]
     fewer = provenance.filter((pl.col("run_id") != one) | (pl.col("generation") == 0))
-    store.ingest(runs, metrics, samples, fewer)
+    store.ingest(runs, metrics, examples, fewer)
     stored = store.provenance(study.name)
     assert stored.filter(pl.col("run_id") == one)["generation"].unique().to_list() == [0]
     assert stored.height == fewer.height
@@ -209,20 +209,20 @@ def test_provenance_is_replaced_on_reingest(tmp_path, with_provenance):
 
 
 def test_bad_provenance_rolls_back_the_whole_ingest(tmp_path, with_provenance):
-    _, runs, metrics, samples, provenance = with_provenance
+    _, runs, metrics, examples, provenance = with_provenance
     store = Store(tmp_path / "r.duckdb")
     store.ingest(runs.head(1), metrics.filter(pl.col("run_id") == runs["run_id"][0]))
     before = counts(store.path), provenance_rows(store.path)
     broken = provenance.with_columns(points=pl.lit(0, dtype=pl.Int64))  # CHECK (points > 0)
     with pytest.raises(duckdb.Error):
-        store.ingest(runs, metrics, samples, broken)
+        store.ingest(runs, metrics, examples, broken)
     assert (counts(store.path), provenance_rows(store.path)) == before
 
 
 def test_provenance_exported(tmp_path, with_provenance):
-    _, runs, metrics, samples, provenance = with_provenance
+    _, runs, metrics, examples, provenance = with_provenance
     store = Store(tmp_path / "r.duckdb")
-    store.ingest(runs, metrics, samples, provenance)
+    store.ingest(runs, metrics, examples, provenance)
     written = store.export(tmp_path / "out")
     assert pl.read_parquet(tmp_path / "out" / "provenance.parquet").height == provenance.height
     assert [p.name for p in written] == [
@@ -230,7 +230,7 @@ def test_provenance_exported(tmp_path, with_provenance):
         "study_runs.parquet",
         "runs.parquet",
         "metrics.parquet",
-        "samples.parquet",
+        "examples.parquet",
         "provenance.parquet",
     ]
 
@@ -327,7 +327,7 @@ def test_prune_is_one_transaction(two_grids, monkeypatch):
 
     store, _, _ = two_grids
     before = {name: rows(store.path, name) for name in ("runs", "metrics", "provenance")}
-    # a table that does not exist fails after metrics, samples and provenance were deleted
+    # a table that does not exist fails after metrics, examples and provenance were deleted
     missing = Table("no_such_table", RUNS.columns)
     monkeypatch.setattr(store_module, "RUN_RESULT_TABLES", (METRICS, PROVENANCE, missing))
     with pytest.raises(duckdb.Error):

@@ -1,5 +1,5 @@
 """The HTML report of a study: the answer first (which strategies collapse, and when), run counts,
-a figure per metric and model, galleries of samples, final-generation tables.
+a figure per metric and model, each model's examples, final-generation tables.
 
 Pure: DataFrames in, one self-contained HTML string out. No file or database I/O, and the page
 makes no network request (figures are inline SVG, styles inline), so a report can be archived or
@@ -7,19 +7,18 @@ mailed as a single file and still read in ten years. Every name that comes from 
 (study name, labels, errors, the study text) reaches the page through jinja2's autoescape.
 
 Parts: `page` (assembly and template), `verdict` (the answer matrix and verdict table), `tables`
-(run counts, final generation), `figures` (metric figures), `galleries` (samples), `provenance`,
-`metrics_info` (how each metric is shown), `style` (palette, plot style), `chart` (the SVG
-plotter), `svg` (a figure block), `aggregates` (what the page reads: summaries, not the
-metrics table).
+(run counts, final generation), `figures` (metric figures), `examples` (what each family keeps
+of its models), `provenance`, `metrics_info` (each metric's presentation, read from its family),
+`style` (palette, plot style), `chart` (the SVG plotter), `svg` (a figure block), `aggregates`
+(what the page reads: summaries, not the metrics table).
 """
 
 from collapselab.report.aggregates import ReportData, from_frames
-from collapselab.report.metrics_info import METRICS, MetricInfo, describe_metric
+from collapselab.report.metrics_info import MetricInfo, describe_metric
 from collapselab.report.page import TIDY_COLUMNS, render_report
 from collapselab.report.style import StrategyStyle, strategy_palette, strategy_styles
 
 __all__ = [
-    "METRICS",
     "TIDY_COLUMNS",
     "MetricInfo",
     "ReportData",

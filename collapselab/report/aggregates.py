@@ -4,7 +4,7 @@ A study of tens of millions of metric rows fits in memory only as summaries, so 
 per (model, strategy, metric, generation) counts, means and standard deviations, per (model,
 strategy, metric) the final generation's, each run's last generation, and the rows of the
 verdict's indicator metrics alone. The store computes them in DuckDB (Store.metric_summary,
-final_summary, run_reach, metric_rows, report_samples, provenance_summary); `from_frames`
+final_summary, run_reach, metric_rows, report_examples, provenance_summary); `from_frames`
 computes the same from an in-memory long table (tests, a study just run), so both paths give the
 same page.
 """
@@ -18,34 +18,40 @@ import polars as pl
 
 from collapselab.tables import RUN_COLUMNS, RunStatus
 
-METRIC_SUMMARY_SCHEMA = {
-    "family": pl.String,
-    "model": pl.String,
-    "strategy_label": pl.String,
-    "metric": pl.String,
-    "generation": pl.Int64,
-    "points": pl.Int64,  # stored values, infinite ones included
-    "finite": pl.Int64,
-    "mean": pl.Float64,  # of the finite values
-    "sd": pl.Float64,  # sample sd of the finite values (null under two)
-}
-FINAL_SUMMARY_SCHEMA = {
-    "family": pl.String,
-    "model": pl.String,
-    "strategy_label": pl.String,
-    "metric": pl.String,
-    "finite": pl.Int64,
-    "infinite": pl.Int64,
-    "mean": pl.Float64,
-    "sd": pl.Float64,
-}
-RUN_REACH_SCHEMA = {"run_id": pl.String, "last_generation": pl.Int64}
-METRIC_ROW_SCHEMA = {
-    "run_id": pl.String,
-    "generation": pl.Int64,
-    "metric": pl.String,
-    "value": pl.Float64,
-}
+METRIC_SUMMARY_SCHEMA = pl.Schema(
+    {
+        "family": pl.String,
+        "model": pl.String,
+        "strategy_label": pl.String,
+        "metric": pl.String,
+        "generation": pl.Int64,
+        "points": pl.Int64,  # stored values, infinite ones included
+        "finite": pl.Int64,
+        "mean": pl.Float64,  # of the finite values
+        "sd": pl.Float64,  # sample sd of the finite values (null under two)
+    }
+)
+FINAL_SUMMARY_SCHEMA = pl.Schema(
+    {
+        "family": pl.String,
+        "model": pl.String,
+        "strategy_label": pl.String,
+        "metric": pl.String,
+        "finite": pl.Int64,
+        "infinite": pl.Int64,
+        "mean": pl.Float64,
+        "sd": pl.Float64,
+    }
+)
+RUN_REACH_SCHEMA = pl.Schema({"run_id": pl.String, "last_generation": pl.Int64})
+METRIC_ROW_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "generation": pl.Int64,
+        "metric": pl.String,
+        "value": pl.Float64,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class ReportData:
     failed runs included (their stored metrics are plotted). final_summary: at the last generation
     each run that did not fail reached. run_reach: each run with stored metrics and its last
     generation. indicators: (run_id, generation, metric, value) of the verdict's indicator
-    metrics. samples: the first replicate's kept samples per (model, strategy). provenance: the
+    metrics. examples: the first replicate's examples per (model, strategy). provenance: the
     first replicate's training-set composition per (model, strategy, generation, origin)."""
 
     runs: pl.DataFrame
@@ -64,7 +70,7 @@ class ReportData:
     final_summary: pl.DataFrame
     run_reach: pl.DataFrame
     indicators: pl.DataFrame
-    samples: pl.DataFrame | None = None
+    examples: pl.DataFrame | None = None
     provenance: pl.DataFrame | None = None
 
 
@@ -114,7 +120,8 @@ def final_summary(tidy: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def first_replicate(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows of each (model, strategy)'s first stored replicate: what galleries show."""
+    """The rows of each (model, strategy)'s first stored replicate: what the report shows of
+    examples and provenance."""
     return frame.filter(
         pl.col("replicate") == pl.col("replicate").min().over("model", "strategy_label")
     )
@@ -135,7 +142,7 @@ def from_frames(
     tidy: pl.DataFrame,
     runs: pl.DataFrame,
     *,
-    samples: pl.DataFrame | None = None,
+    examples: pl.DataFrame | None = None,
     provenance: pl.DataFrame | None = None,
     indicator_metrics: Iterable[str] | None = None,
 ) -> ReportData:
@@ -165,7 +172,7 @@ def from_frames(
         final_summary=final_summary(tidy, runs),
         run_reach=run_reach(tidy),
         indicators=indicators,
-        samples=None if samples is None or samples.is_empty() else first_replicate(samples),
+        examples=None if examples is None or examples.is_empty() else first_replicate(examples),
         provenance=(
             None if provenance is None or provenance.is_empty() else provenance_summary(provenance)
         ),

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+from markupsafe import Markup
 
 from collapselab.report import chart
 from collapselab.report.aggregates import METRIC_SUMMARY_SCHEMA
@@ -25,14 +26,23 @@ from collapselab.theory import describe_reference, reference_curve
 PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, PLOT_HEIGHT = 64.0, 26.0, 560.0, 290.0
 
 
+def _int(value: object) -> int:
+    """A polars scalar known to be an integer (a generation, a count) as an int: polars types
+    `Series.max()` as any Python literal."""
+    if not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
 def _y_scale(info: MetricInfo, means: pl.Series) -> Literal["linear", "log"]:
     """Log where the metric asks for it, or (`auto-log`) where the drawn means span more than two
     decades; linear whenever a mean is 0 or negative (a log axis cannot show it)."""
-    if means.is_empty() or means.min() <= 0:
+    values = means.drop_nulls().to_numpy().astype(float)
+    if values.size == 0 or values.min() <= 0:
         return "linear"
     if info.y_scale == "log":
         return "log"
-    if info.y_scale == "auto-log" and means.max() / means.min() > 100:
+    if info.y_scale == "auto-log" and values.max() / values.min() > 100:
         return "log"
     return "linear"
 
@@ -147,6 +157,7 @@ def reference_curves(summary: pl.DataFrame, run_params: pl.DataFrame | None) -> 
 def metric_figure(
     summary: pl.DataFrame,
     *,
+    family: str,
     metric: str,
     anchor: str,
     model: str,
@@ -155,10 +166,11 @@ def metric_figure(
     references: list[Reference] | None = None,
 ) -> FigureBlock:
     """Value vs generation, one line per strategy with its ±1.96 se band, as an inline SVG.
-    `summary`: the metric's rows of Store.metric_summary for one model."""
+    `summary`: the metric's rows of Store.metric_summary for one model of `family`, whose
+    metrics_info says how the metric is labelled."""
     if summary.is_empty():
         summary = pl.DataFrame(schema=METRIC_SUMMARY_SCHEMA)
-    info = describe_metric(metric)
+    info = describe_metric(family, metric)
     total = int(summary["points"].sum() or 0)
     infinite = (
         summary.group_by("strategy_label")
@@ -206,7 +218,7 @@ def _thin_generations(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Keep every k-th generation and the last, so at most about MAX_GENERATIONS_DRAWN are drawn."""
     if frame.is_empty():
         return frame, 1
-    last = int(frame["generation"].max())
+    last = _int(frame["generation"].max())
     step = math.ceil((last + 1) / MAX_GENERATIONS_DRAWN)
     if step <= 1:
         return frame, 1
@@ -224,7 +236,7 @@ def _draw(
     references: list[Reference],
     anchor: str,
     alt: str,
-):
+) -> Markup:
     """The chart: bands under lines, staggered markers, reference lines, legend below."""
     values = [drawn_bands["mean"], drawn_bands["low"], drawn_bands["high"]]
     span = np.concatenate(
@@ -235,10 +247,10 @@ def _draw(
         ]
     )
     if scale == "log":  # a band clipped at 0 is drawn to the bottom, not counted in the range
-        positive = drawn_bands["mean"].drop_nulls()
-        floor = float(positive.min()) / 100 if positive.len() else 0.0
+        positive = drawn_bands["mean"].drop_nulls().to_numpy().astype(float)
+        floor = float(positive.min()) / 100 if positive.size else 0.0
         span = span[span > floor]
-    last = int(drawn_bands["generation"].max()) if drawn_bands.height else 1
+    last = _int(drawn_bands["generation"].max()) if drawn_bands.height else 1
     axes = chart.Axes(
         PLOT_LEFT,
         PLOT_TOP,
@@ -303,7 +315,8 @@ def _alt_text(bands: pl.DataFrame, info: MetricInfo, model: str, scale: str) -> 
     )
     return (
         f"Line chart of {info.title.lower()} ({info.axis_label}, {scale} scale) against "
-        f"generation {bands['generation'].min()} to {bands['generation'].max()} for {model}, "
+        f"generation {_int(bands['generation'].min())} to {_int(bands['generation'].max())} for "
+        f"{model}, "
         f"one line per strategy (mean over replicates with a ±1.96 standard-error band). "
         f"Last plotted means: {ends}."
     )
@@ -318,7 +331,7 @@ def _caption(
     total_generations: int = 0,
 ) -> str:
     parts = [
-        f"{info.description}.",
+        f"{info.meaning}.",
         "Lines: mean over replicates; bands: mean ± 1.96 standard errors"
         + (
             f", cut at the metric's {_domain_text(info.domain)}."

@@ -12,6 +12,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from collapselab.models import load_study_families
 from collapselab.onset import Threshold, thresholds_from_config
 from collapselab.report.aggregates import ReportData
 from collapselab.report.page import indicator_metrics, render_report
@@ -21,14 +22,14 @@ from collapselab.store import Store
 def report_data(store: Store, study: str, thresholds: dict[str, list[Threshold]]) -> ReportData:
     """The study's current grid as the report reads it, every aggregate computed in DuckDB:
     summaries per (model, strategy, metric, generation), the final generation's, each run's
-    reach, the indicator metrics' rows only, and the first replicate's samples and provenance."""
+    reach, the indicator metrics' rows only, and the first replicate's examples and provenance."""
     return ReportData(
         runs=store.runs(study),
         metric_summary=store.metric_summary(study),
         final_summary=store.final_summary(study),
         run_reach=store.run_reach(study),
         indicators=store.metric_rows(study, indicator_metrics(thresholds)),
-        samples=store.report_samples(study),
+        examples=store.report_examples(study),
         provenance=store.provenance_summary(study),
     )
 
@@ -39,7 +40,11 @@ def write_study_report(db: str, study: str, out_dir: str, *, store: Store | None
     how many superseded runs are kept."""
     store = store or Store(db)
     counts = store.counts(study)
-    thresholds = thresholds_from_config(store.study_config(study) or {})
+    config = store.study_config(study) or {}
+    # plug-ins the study named by import path, registered before anything asks for them; one
+    # no longer installed is said in its model's section (page.ModelSection.family_problem)
+    load_study_families(config)
+    thresholds = thresholds_from_config(config)
     html = render_report(
         study=study,
         data=report_data(store, study, thresholds),

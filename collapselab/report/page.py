@@ -12,9 +12,14 @@ from markupsafe import Markup, escape
 
 from collapselab.onset import Threshold
 from collapselab.report.aggregates import ReportData, from_frames
+from collapselab.report.examples import Examples, examples_section
 from collapselab.report.figures import metric_figure, reference_curves
-from collapselab.report.galleries import Gallery, gallery
-from collapselab.report.metrics_info import describe_metric, metric_order
+from collapselab.report.metrics_info import (
+    better_text,
+    describe_metric,
+    family_problem,
+    metric_order,
+)
 from collapselab.report.provenance import provenance_figure
 from collapselab.report.style import StrategyStyle, strategy_styles
 from collapselab.report.svg import FigureBlock
@@ -52,8 +57,10 @@ class ModelSection:
     final_tables: list[FinalTable]
     failed_runs_left_out: int
     any_infinite_final: bool
-    gallery: Gallery | None = None
+    examples: Examples | None = None
     provenance: FigureBlock | None = None
+    #: Why the family cannot be loaded here (a plug-in uninstalled since), or None.
+    family_problem: str | None = None
 
 
 def render_report(
@@ -64,7 +71,7 @@ def render_report(
     data: ReportData | None = None,
     tidy: pl.DataFrame | None = None,
     runs: pl.DataFrame | None = None,
-    samples: pl.DataFrame | None = None,
+    examples: pl.DataFrame | None = None,
     expected_runs: int | None = None,
     thresholds: dict[str, list[Threshold]] | None = None,
     provenance: pl.DataFrame | None = None,
@@ -72,9 +79,10 @@ def render_report(
 ) -> str:
     """Return one self-contained HTML page from the study's aggregates: `data` as the store
     computes them (tasks.report.report_data), or, for frames already in memory, `tidy` (the
-    long table, Store.tidy), `runs` (Store.runs), `samples` (run_id, model, strategy_label,
-    replicate, generation, kind, items as a JSON list) and `provenance` (model, strategy_label,
-    replicate, generation, origin, points), aggregated here the same way.
+    long table, Store.tidy), `runs` (Store.runs), `examples` (Store.examples: run_id, family,
+    model, strategy_label, replicate, generation, kind, items as a JSON list) and `provenance`
+    (model, strategy_label, replicate, generation, origin, points), aggregated here the same
+    way.
     `expected_runs` (optional): the size of the study's grid, to say how many runs are missing.
     `thresholds` (optional): collapse indicators per family, for the verdict
     (collapselab.onset). `superseded_runs`: runs stored under the study's name but outside its
@@ -83,7 +91,7 @@ def render_report(
         data = from_frames(
             tidy if tidy is not None else pl.DataFrame(),
             runs if runs is not None else pl.DataFrame(),
-            samples=samples,
+            examples=examples,
             provenance=provenance,
             indicator_metrics=indicator_metrics(thresholds),
         )
@@ -110,7 +118,9 @@ def render_report(
             model=model,
             labels=labels,
             styles=styles,
-            samples=None if data.samples is None else data.samples.filter(pl.col("model") == model),
+            examples=(
+                None if data.examples is None else data.examples.filter(pl.col("model") == model)
+            ),
             provenance=(
                 None
                 if data.provenance is None
@@ -187,11 +197,11 @@ def _model_section(
     model: str,
     labels: list[str],
     styles: dict[str, StrategyStyle],
-    samples: pl.DataFrame | None = None,
+    examples: pl.DataFrame | None = None,
     run_params: pl.DataFrame | None = None,
     provenance: pl.DataFrame | None = None,
 ) -> ModelSection:
-    metrics = metric_order(summary["metric"].unique().to_list())
+    metrics = metric_order(family, summary["metric"].unique().to_list())
     present = set(summary["strategy_label"].unique().to_list())
     section_labels = [label for label in labels if label in present]
     curves = reference_curves(summary, run_params)
@@ -199,6 +209,7 @@ def _model_section(
     figures = [
         metric_figure(
             by_metric[metric],
+            family=family,
             metric=metric,
             anchor=f"{anchor}-fig{index}",
             model=model,
@@ -208,9 +219,14 @@ def _model_section(
         )
         for index, metric in enumerate(metrics, start=1)
     ]
-    titles = [describe_metric(m).title for m in metrics]
+    infos = [describe_metric(family, m) for m in metrics]
     final_tables, failed_left_out = final_generation_tables(
-        final, reach, metrics, section_labels, titles
+        final,
+        reach,
+        metrics,
+        section_labels,
+        titles=[info.title for info in infos],
+        directions=[better_text(info) for info in infos],
     )
     return ModelSection(
         anchor=anchor,
@@ -221,10 +237,20 @@ def _model_section(
         final_tables=final_tables,
         failed_runs_left_out=failed_left_out,
         any_infinite_final=any(
-            "∞" in cell for table in final_tables for _, cells in table.rows for cell in cells
+            "∞" in cell for table in final_tables for row in table.rows for cell in row.cells
         ),
-        gallery=gallery(samples, anchor=f"{anchor}-samples", model=model, labels=section_labels),
+        examples=examples_section(
+            examples,
+            family=family,
+            model_params=(
+                None if run_params is None or run_params.is_empty() else run_params["params"][0]
+            ),
+            anchor=f"{anchor}-examples",
+            model=model,
+            labels=section_labels,
+        ),
         provenance=provenance_figure(
             provenance, anchor=f"{anchor}-provenance", model=model, labels=section_labels
         ),
+        family_problem=family_problem(family),
     )

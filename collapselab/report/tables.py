@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -100,6 +101,16 @@ def format_number(value: float | None) -> str:
 
 
 @dataclass(frozen=True)
+class FinalRow:
+    """One metric of a final-generation table."""
+
+    title: str
+    #: Which way is further from collapse ("lower is better"), "" when neither.
+    direction: str
+    cells: list[str]  # one per strategy
+
+
+@dataclass(frozen=True)
 class FinalTable:
     """The final generation, transposed: a column per strategy, a row per metric (metrics
     outnumber strategies, and a tall table never runs off the side of the page)."""
@@ -107,7 +118,7 @@ class FinalTable:
     strategies: list[str]
     runs: list[int]
     generations: list[str]
-    rows: list[tuple[str, list[str]]]  # (metric title, one cell per strategy)
+    rows: list[FinalRow]
 
 
 def final_generation_tables(
@@ -115,10 +126,13 @@ def final_generation_tables(
     reach: pl.DataFrame,
     metrics: list[str],
     labels: list[str],
+    *,
     titles: list[str],
+    directions: list[str],
 ) -> tuple[list[FinalTable], int]:
     """Mean ± sd over runs of each run's last stored generation, as tables of at most
-    FINAL_TABLE_STRATEGIES strategies. `final`: one model's rows of Store.final_summary;
+    FINAL_TABLE_STRATEGIES strategies, each metric's row headed by its title and direction
+    (`titles`, `directions`: one per metric). `final`: one model's rows of Store.final_summary;
     `reach`: its runs with stored metrics (run_id, strategy_label, status, last_generation).
     Degenerate runs stop early, so their last metrics come from an earlier generation; failed
     runs stopped on a bug and are left out (their count is returned for the footnote)."""
@@ -149,18 +163,25 @@ def final_generation_tables(
                     for label in chunk
                 ],
                 rows=[
-                    (title, [_final_cell(cells.get((label, metric))) for label in chunk])
-                    for metric, title in zip(metrics, titles, strict=True)
+                    FinalRow(
+                        title,
+                        direction,
+                        [_final_cell(cells.get((label, metric))) for label in chunk],
+                    )
+                    for metric, title, direction in zip(metrics, titles, directions, strict=True)
                 ],
             )
         )
     return tables, failed_left_out
 
 
-def _final_cell(cell: dict[str, object] | None) -> str:
+def _final_cell(cell: dict[str, Any] | None) -> str:
+    """A row of Store.final_summary (finite, infinite, mean, sd) as the table prints it."""
     if cell is None:
         return "—"
-    mean, sd, infinite = cell["mean"], cell["sd"], int(cell["infinite"])
+    mean: float | None = cell["mean"]
+    sd: float | None = cell["sd"]
+    infinite = int(cell["infinite"])
     text = "—" if mean is None else format_number(mean)
     if mean is not None and sd is not None:
         text += f" ± {format_number(sd)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 import polars as pl
@@ -86,7 +87,8 @@ class MatrixRow:
     sentence: str
 
 
-def _cell(row: Mapping[str, object], model: str) -> MatrixCell:
+def _cell(row: Mapping[str, Any], model: str) -> MatrixCell:
+    """A row of onset.verdict_table as a matrix cell."""
     share, median = row["collapsed_share"], row["median_onset"]
     if median is not None:
         onset_text = f"median onset {_number(median)}"
@@ -112,8 +114,8 @@ def _cell(row: Mapping[str, object], model: str) -> MatrixCell:
 def model_sentence(model: str, rows: pl.DataFrame) -> str:
     """One sentence: the strategies under which no run of `model` collapsed within G (safest
     first, as ranked), or that every strategy had a collapsed run."""
-    horizon = rows["generations"].max()
-    within = f"within G = {horizon} generations" if horizon is not None else "within G"
+    horizons = rows["generations"].drop_nulls().to_numpy()
+    within = f"within G = {int(horizons.max())} generations" if horizons.size else "within G"
     safe = rows.filter(pl.col("collapsed") == 0).sort("rank", "strategy_label")
     names = safe["strategy_label"].to_list()
     if not names:
