@@ -32,23 +32,34 @@ import numpy as np
 import polars as pl
 
 from collapselab import __version__
-from collapselab.config import MAX_BATCH_RUNS, RunSpec
-from collapselab.models import Degenerate, RunContext, build_model
+from collapselab.config import RunSpec
+from collapselab.models import PLUGINS, Degenerate, RunContext, build_model
 from collapselab.strategies import REAL, History, TrainingSet, build_strategy
 from collapselab.tables import (
+    EXAMPLE_COLUMNS,
     METRIC_COLUMNS,
     PROVENANCE_COLUMNS,
     RUN_COLUMNS,
-    SAMPLE_COLUMNS,
     RunStatus,
 )
 
 COMPLETED, DEGENERATE, FAILED = RunStatus.completed, RunStatus.degenerate, RunStatus.failed
 
 
+def code_version(family: str | None = None) -> str:
+    """Package version plus the git commit of the source tree when there is one; for a plug-in
+    family, its distribution's name and version too ("0.1.0+gabc; collapselab-poisson 0.1.0"),
+    since its code changes the numbers as much as collapselab's does."""
+    origin = PLUGINS.get(family) if family is not None else None
+    if origin is None:
+        return _collapselab_version()
+    module = origin.import_path.partition(":")[0]
+    plugin = origin.distribution or f"{module} (not installed)"
+    return f"{_collapselab_version()}; {plugin}"
+
+
 @lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit of the source tree when there is one."""
+def _collapselab_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -151,7 +162,7 @@ def run_chain(spec: RunSpec) -> RunOutcome:
         real = build_model(spec.model).real_data()
         stream = real.open(n_test=spec.test_size, seed=spec.real_seed(real.key))
         history = History(n=spec.n, real=stream)
-        context = RunContext(r0=history.r0.data, test=stream.test)
+        context = RunContext(r0=history.r0.data)
         strategy = build_strategy(spec.strategy)
         # separate streams: Monte Carlo metrics and examples never change the chain's own draws
         rng, example_rng = (np.random.default_rng(s) for s in spec.chain_seed().spawn(2))
@@ -232,7 +243,7 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
                 "degenerate_generation": o.degenerate_generation,
                 "started_at": o.started_at,
                 "duration_s": o.duration_s,
-                "code_version": code_version(),
+                "code_version": code_version(o.spec.model.family),
             }
             for o in outcomes
         ],
@@ -257,51 +268,16 @@ def _repeat_run_ids(outcomes: list[RunOutcome], counts: list[int]) -> list[str]:
     return np.repeat(ids, counts).tolist()
 
 
-def plan_batches(
-    specs: list[RunSpec],
-    *,
-    workers: int,
-    batch_size: int | None = None,
-    max_batch: int = MAX_BATCH_RUNS,
-    batches_per_worker: int = 4,
-) -> list[list[RunSpec]]:
-    """Split runs into task-sized batches, in grid order. A batch is the unit of array work
-    (collapselab.engine advances a cell's replicates together), so each cell (a model and
-    strategy's replicates) stays whole in one batch where it can: a cell is split, into nearly
-    equal parts, only while there are fewer than `batches_per_worker` batches a worker (so every
-    worker stays busy to the end), or to keep a batch at most `max_batch` (or `batch_size`)
-    runs: a batch holds its runs' data and metrics at once, and beyond a few hundred replicates
-    the arrays are long enough that a larger batch is no faster."""
-    from collapselab.engine import cells  # the engine builds on this module
-
-    if not specs:
-        return []
-    groups = cells(specs)
-    limit = batch_size or max_batch
-    target = batches_per_worker * workers if batch_size is None else 0
-    parts = [math.ceil(len(cell) / limit) for cell in groups]
-    # split the cell with the largest parts further until the target is met (or runs run out)
-    while sum(parts) < min(target, len(specs)):
-        widest = max(range(len(groups)), key=lambda i: len(groups[i]) / parts[i])
-        if len(groups[widest]) <= parts[widest]:
-            break
-        parts[widest] += 1
-    batches: list[list[RunSpec]] = []
-    for cell, count in zip(groups, parts, strict=True):
-        bounds = np.linspace(0, len(cell), count + 1).round().astype(int)
-        batches.extend(cell[a:b] for a, b in itertools.pairwise(bounds))
-    return batches
-
-
-def outcomes_to_samples(outcomes: list[RunOutcome]) -> pl.DataFrame:
-    """One row per (run, generation) whose samples were kept: kind and items (JSON list)."""
+def outcomes_to_examples(outcomes: list[RunOutcome]) -> pl.DataFrame:
+    """One row of the examples table per (run, generation) whose examples were kept: kind and
+    items (JSON list)."""
     return pl.DataFrame(
         [
             {"run_id": o.spec.run_id, "generation": g, "kind": kind, "items": json.dumps(items)}
             for o in outcomes
             for g, kind, items in o.examples
         ],
-        schema=SAMPLE_COLUMNS,
+        schema=EXAMPLE_COLUMNS,
     )
 
 

@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
@@ -27,21 +27,86 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PlainValidator,
     PositiveInt,
+    SerializeAsAny,
     TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from collapselab.models import FAMILIES, build_model
-from collapselab.onset import Threshold, threshold_from_mapping, thresholds_from_config
+from collapselab.models import FAMILIES, FamilyParams, build_model, get_family, load_family
+from collapselab.onset import threshold_from_mapping
 from collapselab.strategies import STRATEGIES, build_strategy
+from collapselab.strategies import StrategyParams as AnyStrategyParams
 
-ModelParams = Annotated[
-    Union[tuple(cls.Params for cls in FAMILIES.values())],  # noqa: UP007  (built from the registry)
-    Field(discriminator="family"),
-]
+if TYPE_CHECKING:
+    from collapselab.onset import Threshold
+
+
+def _model_params(value: Any) -> FamilyParams:
+    """A `models` entry, validated by the Params of the family it names, resolved per entry
+    (load_family: built in, an installed plug-in or `module:ClassName`), so a family registered
+    after this module was imported validates like a built-in one. Errors keep the family's name
+    in their location, as a discriminated union puts its tag (format_error drops it)."""
+    if isinstance(value, FamilyParams):
+        if FAMILIES.get(value.family) is not None and type(value) is FAMILIES[value.family].Params:
+            return value  # validated when it was built (a RunSpec of a study's grid)
+        value = value.model_dump()  # any other instance is checked as its fields
+    if not isinstance(value, Mapping):
+        raise PydanticCustomError(
+            "model_type",
+            "a model is a mapping with `family` and that family's parameters, got {kind}",
+            {"kind": type(value).__name__},
+        )
+    spec = value.get("family")
+    if spec is None:
+        raise PydanticCustomError(
+            "missing_family",
+            "missing `family`; allowed: {allowed}",
+            {"allowed": ", ".join(sorted(FAMILIES))},
+        )
+    try:
+        family = load_family(spec) if isinstance(spec, str) else None
+    except ValueError as exc:
+        raise _family_error(str(exc), spec) from None
+    if family is None:
+        raise _family_error(f"a family is named by a string, got {type(spec).__name__}", spec)
+    try:
+        return family.Params.model_validate({**value, "family": family.name})
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(
+            exc.title,
+            [
+                _error_detail(error["type"], error["msg"], (family.name, *error["loc"]), error)
+                for error in exc.errors()
+            ],
+        ) from None
+
+
+def _error_detail(
+    kind: str, message: str, loc: tuple[str | int, ...], error: Mapping[str, Any]
+) -> InitErrorDetails:
+    """One validation error as pydantic re-raises it, with its message as written (braces
+    escaped: it is already formatted) and its context kept for format_error."""
+    template = message.replace("{", "{{").replace("}", "}}")
+    return InitErrorDetails(
+        type=PydanticCustomError(kind, template, dict(error.get("ctx") or {})),
+        loc=loc,
+        input=error.get("input"),
+    )
+
+
+def _family_error(message: str, spec: Any) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "model", [_error_detail("unknown_family", message, ("family",), {"input": spec})]
+    )
+
+
+#: A `models` entry: the Params of its family (a plug-in's too), dumped with all its fields.
+ModelParams = Annotated[SerializeAsAny[FamilyParams], PlainValidator(_model_params)]
 
 
 def _strategy_mapping(value: Any) -> Any:
@@ -49,11 +114,14 @@ def _strategy_mapping(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-StrategyParams = Annotated[
-    Union[tuple(cls.Params for cls in STRATEGIES.values())],  # noqa: UP007
-    Field(discriminator="name"),
-    BeforeValidator(_strategy_mapping),
-]
+if TYPE_CHECKING:
+    StrategyParams = AnyStrategyParams
+else:  # the built-in strategies, as a union tagged by `name`
+    StrategyParams = Annotated[
+        Union[tuple(cls.Params for cls in STRATEGIES.values())],  # noqa: UP007
+        Field(discriminator="name"),
+        BeforeValidator(_strategy_mapping),
+    ]
 
 
 class StudyError(ValueError):
@@ -106,6 +174,11 @@ class StudyConfig(BaseModel):
     samples_per_generation: int = Field(ge=2)
     #: Held-out real points per run, drawn once and never trained on.
     test_size: PositiveInt = 1000
+    #: Families the study names by import path, {name: "package.module:ClassName"}: filled in
+    #: from `family: "package.module:ClassName"` entries (which then read `family: <name>`) and
+    #: kept in the stored study, so a later process (report, verdict) imports them again
+    #: (collapselab.models.load_families). Validated before `models`, which may name them.
+    family_imports: dict[str, str] = Field(default_factory=dict)
     models: list[ModelParams] = Field(min_length=1)
     strategies: list[StrategyParams] = Field(min_length=1)
     #: Collapse indicators per family, replacing that family's defaults (collapselab.onset).
@@ -117,16 +190,60 @@ class StudyConfig(BaseModel):
     max_memory: ByteSize | None = None
     max_database: ByteSize | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_imported_families(cls, data: Any) -> Any:
+        """`family: "package.module:ClassName"` (in `models` and as a `collapse_thresholds` key)
+        becomes the family's registered name, recorded in `family_imports`: run ids and stored
+        runs then carry the name, whichever way the study wrote it. A path that cannot be loaded
+        is left as written, for the field's own validation to report."""
+        if not isinstance(data, dict):
+            return data
+        imports = data.get("family_imports")
+        found: dict[str, str] = dict(imports) if isinstance(imports, dict) else {}
+
+        def named(spec: Any) -> Any:
+            if not (isinstance(spec, str) and ":" in spec):
+                return spec
+            try:
+                family = load_family(spec)
+            except ValueError:
+                return spec
+            found[family.name] = spec
+            return family.name
+
+        changed = dict(data)
+        models = data.get("models")
+        if isinstance(models, list):
+            changed["models"] = [
+                {**entry, "family": named(entry.get("family"))}
+                if isinstance(entry, dict)
+                else entry
+                for entry in models
+            ]
+        thresholds = data.get("collapse_thresholds")
+        if isinstance(thresholds, dict):
+            changed["collapse_thresholds"] = {named(k): v for k, v in thresholds.items()}
+        if found:
+            changed["family_imports"] = found
+        return changed
+
+    @field_validator("family_imports")
+    @classmethod
+    def _load_imports(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            family = load_family(path)
+            if family.name != name:
+                raise ValueError(f"{name}: {path} is a family named {family.name!r}")
+        return value
+
     @field_validator("collapse_thresholds")
     @classmethod
     def _check_thresholds(
         cls, value: dict[str, list[CollapseThreshold]]
     ) -> dict[str, list[CollapseThreshold]]:
         for family, entries in value.items():
-            if family not in FAMILIES:
-                allowed = ", ".join(sorted(FAMILIES))
-                raise ValueError(f"unknown family {family!r}; allowed: {allowed}")
-            names = FAMILIES[family].metric_names
+            names = load_family(family).metric_names
             for i, entry in enumerate(entries):
                 if entry.metric not in names:
                     raise ValueError(
@@ -159,10 +276,6 @@ class StudyConfig(BaseModel):
                         f"after holding out test_size={self.test_size}"
                     )
         return self
-
-    def onset_thresholds(self) -> dict[str, list[Threshold]]:
-        """Every family's collapse indicators: the defaults with this study's overrides."""
-        return thresholds_from_config(self.model_dump(mode="json"))
 
     @property
     def run_count(self) -> int:
@@ -221,7 +334,7 @@ class RunSpec(BaseModel):
         """The results versions of the run's family and strategy: bumped by the code when their
         numbers change for the same parameters (ModelFamily / Strategy `results_version`)."""
         return {
-            "model": FAMILIES[self.model.family].results_version,
+            "model": get_family(self.model.family).results_version,
             "strategy": STRATEGIES[self.strategy.name].results_version,
         }
 
@@ -315,7 +428,7 @@ class Budget:
         return self.flow_bytes + self.workers * self.worker_bytes
 
 
-#: Most runs one task carries (chain.plan_batches).
+#: Most runs one task carries (flows.local.plan_batches).
 MAX_BATCH_RUNS = 250
 #: The batched engine advances as many replicates of a cell together as fit in this many bytes
 #: (`batch_replicates`): enough for array code to pay off, small enough that a long accumulating
@@ -328,7 +441,7 @@ def batch_replicates(
 ) -> tuple[int, int]:
     """(replicates the engine advances together, estimated bytes per replicate) for a cell: 1
     where the family or the strategy has no batched path."""
-    family = FAMILIES[model.family]
+    family = get_family(model.family)
     built = build_strategy(strategy)
     if family.Batched is None or not built.batches():
         return 1, 0
@@ -353,7 +466,7 @@ def estimate_budget(config: StudyConfig, *, workers: int) -> Budget:
     worst = (0, "", "")
     metric_rows = 0
     for i, model in enumerate(config.models):
-        family = FAMILIES[model.family]
+        family = get_family(model.family)
         metrics = (len(family.metric_names) + GENERIC_METRICS) * (g + 1)
         metric_rows = max(metric_rows, metrics)
         base = family.working_bytes(model, train_points=n, n=n, test_size=config.test_size)
@@ -453,7 +566,7 @@ def parse_byte_size(text: str) -> int:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed where an unknown key `loc` was found."""
     fields: dict[str, Any] = dict(StudyConfig.model_fields)
-    if len(loc) >= 3 and loc[0] == "models" and loc[2] in FAMILIES:
+    if len(loc) >= 3 and loc[0] == "models" and loc[2] in FAMILIES:  # the family's name
         fields = dict(FAMILIES[loc[2]].Params.model_fields)
     elif len(loc) >= 3 and loc[0] == "strategies" and loc[2] in STRATEGIES:
         fields = dict(STRATEGIES[loc[2]].Params.model_fields)
@@ -497,7 +610,7 @@ def _one_line(message: str) -> str:
     )
 
 
-def format_error(error: dict[str, Any]) -> str:
+def format_error(error: Mapping[str, Any]) -> str:
     """One line: the field, what is wrong, and what is allowed; the input is quoted only as a
     short excerpt."""
     loc = tuple(error["loc"])
@@ -521,11 +634,11 @@ def format_error(error: dict[str, Any]) -> str:
         )
     if kind == "union_tag_not_found":
         key = error.get("ctx", {}).get("discriminator", "").strip("'")
-        allowed = ", ".join(sorted(FAMILIES if key == "family" else STRATEGIES))
-        return f"{_field_path(loc)}: missing `{key}`; allowed: {allowed}"
+        return f"{_field_path(loc)}: missing `{key}`; allowed: {', '.join(sorted(STRATEGIES))}"
     message = error["msg"].removeprefix("Value error, ")
     shown = error.get("input")
-    got = "" if isinstance(shown, dict) or kind == "missing" else f" (got {_excerpt(repr(shown))})"
+    quoted = isinstance(shown, dict) or kind in ("missing", "unknown_family", "model_type")
+    got = "" if quoted else f" (got {_excerpt(repr(shown))})"
     return f"{_field_path(loc)}: {message}{got}"
 
 
