@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 import flows  # noqa: F401  (state directory, BLAS threads)
-from collapselab.chain import plan_batches
 from collapselab.config import load_study
-from flows.environment import prefect_api
+from flows.local import plan_batches
+from flows.server import prefect_api
 
 
 def resident_mib() -> float:

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,10 +51,11 @@ def scale_study(folder: Path, compute_s: float) -> tuple[Path, dict]:
     from collapselab.config import parse_study
     from flows.local import probe_cost
 
-    study = {
+    generations = 40
+    study: dict[str, Any] = {
         "name": "scale",
         "seed": 3,
-        "generations": 40,
+        "generations": generations,
         "replicates": 1,
         "samples_per_generation": 200,
         "test_size": 500,
@@ -62,7 +64,7 @@ def scale_study(folder: Path, compute_s: float) -> tuple[Path, dict]:
     }
     specs = parse_study(study).run_specs()
     per_generation = statistics.median(probe_cost(specs[:1]) for _ in range(3))
-    per_run = per_generation * (study["generations"] + 1)
+    per_run = per_generation * (generations + 1)
     study["replicates"] = max(2, math.ceil(compute_s / (per_run * len(specs))))
     path = folder / "scale.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -1,25 +1,16 @@
-"""Process environment and the local Prefect server that multi-process runners share.
+"""Process environment defaults: where state goes, what Prefect may say, BLAS threads, and the
+initialisers that tie pool and Dask worker processes to the flow process.
 
-Without PREFECT_API_URL every worker process of a process pool or Dask cluster would start its
-own temporary Prefect server (slow, and they fight over one SQLite file), so `prefect_api()`
-starts ONE real server on 127.0.0.1 for the duration of a command, unless the user already
-points PREFECT_API_URL at one, and stops it (by PID) afterwards.
+The Prefect server's lifecycle (a temporary one per command, or the long-lived one of
+`collapselab server start`) is flows.server.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -30,47 +21,28 @@ def state_dir() -> Path:
     return Path(os.environ.get("COLLAPSELAB_HOME", ".collapselab")).resolve()
 
 
-def configure_environment() -> None:
-    """Defaults only: anything the user has set already wins."""
+def environment_defaults() -> dict[str, str]:
+    """What `configure_environment` sets unless the user set it: state under `state_dir()`,
+    Prefect's anonymous usage reports off on the server (PREFECT_SERVER_ANALYTICS_ENABLED) and in
+    the client (DO_NOT_TRACK, which also silences the first-import notice on a terminal), no
+    interactive prompts, one BLAS thread a process (workers share the cores)."""
     home = state_dir()
-    defaults = {
+    return {
         "PREFECT_HOME": str(home / "prefect"),
         "MPLCONFIGDIR": str(home / "matplotlib"),
         "SCIKIT_LEARN_DATA": str(home / "scikit_learn_data"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
         "PREFECT_CLI_PROMPT": "false",
         **dict.fromkeys(BLAS_THREAD_VARIABLES, "1"),
     }
-    for key, value in defaults.items():
+
+
+def configure_environment() -> None:
+    """Defaults only: anything the user has set already wins. Runs before Prefect is imported
+    (flows/__init__.py), since Prefect reads its settings once, at import."""
+    for key, value in environment_defaults().items():
         os.environ.setdefault(key, value)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def prefect_executable() -> str:
-    return str(Path(sys.executable).with_name("prefect"))
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the temporary server may outlive a killed parent
 
 
 def pool_worker_init(parent_pid: int) -> None:
@@ -95,166 +67,3 @@ def _exit_with_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(0.5)
     os._exit(1)
-
-
-def _spawn_server(port: int, *, tie_to_parent: bool) -> subprocess.Popen:
-    log_dir = state_dir() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "prefect-server.log", "ab") as log:
-        return subprocess.Popen(
-            [prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopped as one, immune to Ctrl-C
-            preexec_fn=_die_with_parent if tie_to_parent else None,
-        )
-
-
-def _wait_until_healthy(process: subprocess.Popen, url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not _healthy(url):
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"the Prefect server exited with code {process.returncode}; "
-                f"see {state_dir() / 'logs' / 'prefect-server.log'}"
-            )
-        if time.monotonic() > deadline:
-            _stop_group(process.pid, process=process)
-            raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
-        time.sleep(0.25)
-
-
-@contextmanager
-def prefect_server(*, port: int | None = None, timeout_s: float = 90.0) -> Iterator[str]:
-    """Start a temporary Prefect server on 127.0.0.1, yield its API URL, stop it by PID on exit
-    (and if this process is killed outright, the server gets SIGTERM from the kernel)."""
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    process = _spawn_server(port, tie_to_parent=True)
-    try:
-        _wait_until_healthy(process, url, timeout_s)
-        yield url
-    finally:
-        if process.poll() is None:
-            _stop_group(process.pid, process=process)
-            process.wait()
-
-
-def _stop_group(
-    pid: int, timeout_s: float = 15.0, *, process: subprocess.Popen | None = None
-) -> None:
-    """SIGTERM the process group led by `pid`, then SIGKILL it if it lingers. Pass our own child
-    as `process`: its exit is reaped while waiting, else its zombie keeps the group "alive"."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None:
-            process.poll()
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-# --- the long-lived server (`collapselab server start|stop|status`) ----------------------------
-
-DEFAULT_SERVER_PORT = 4200
-
-
-def _server_record() -> Path:
-    return state_dir() / "server.json"
-
-
-def running_server() -> dict | None:
-    """The long-lived server started by `collapselab server start`, if it is up and healthy."""
-    try:
-        record = json.loads(_server_record().read_text())
-        os.kill(record["pid"], 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return record if _healthy(record["url"]) else None
-
-
-def start_server(*, port: int = DEFAULT_SERVER_PORT, timeout_s: float = 90.0) -> dict:
-    """Start a server that outlives this command; its PID and URL go to the state directory."""
-    if (record := running_server()) is not None:
-        running_port = record["url"].removesuffix("/api").rsplit(":", 1)[-1]
-        if running_port != str(port):
-            raise RuntimeError(
-                f"a collapselab Prefect server already runs on port {running_port} (PID "
-                f"{record['pid']}, UI {record['ui']}), not {port}: use it, or stop it first "
-                "(collapselab server stop)"
-            )
-        return record
-    url = f"http://127.0.0.1:{port}/api"
-    if _healthy(url):
-        raise RuntimeError(f"port {port} already serves a Prefect API not started by collapselab")
-    process = _spawn_server(port, tie_to_parent=False)
-    _wait_until_healthy(process, url, timeout_s)
-    record = {"pid": process.pid, "url": url, "ui": url.removesuffix("/api")}
-    _server_record().write_text(json.dumps(record))
-    return record
-
-
-def stop_server() -> dict | None:
-    """Stop the long-lived server by its recorded PID; None if none was running."""
-    record = running_server()
-    if record is not None:
-        _stop_group(record["pid"])
-    _server_record().unlink(missing_ok=True)
-    return record
-
-
-class PrefectUnreachable(RuntimeError):
-    """PREFECT_API_URL names an address where no Prefect API answers."""
-
-
-def unreachable_api() -> str | None:
-    """The one line for a PREFECT_API_URL that does not answer, None when it is unset or up: a
-    command checks before it starts, rather than failing deep inside a flow call."""
-    url = os.environ.get("PREFECT_API_URL")
-    if not url or _healthy(url.rstrip("/")):
-        return None
-    return (
-        f"PREFECT_API_URL={url} does not answer (no Prefect server there): start one "
-        "(collapselab server start) and export the URL it prints, or unset PREFECT_API_URL"
-    )
-
-
-@contextmanager
-def prefect_api() -> Iterator[str]:
-    """The Prefect API this command talks to: PREFECT_API_URL if set, else the long-lived server
-    if one is running, else a temporary server for the duration of the command."""
-    existing = os.environ.get("PREFECT_API_URL")
-    if existing:
-        if (problem := unreachable_api()) is not None:
-            raise PrefectUnreachable(problem)
-        yield existing
-        return
-    record = running_server()
-    with contextlib.ExitStack() as stack:
-        url = record["url"] if record else stack.enter_context(prefect_server())
-        os.environ["PREFECT_API_URL"] = url  # inherited by worker processes
-        try:
-            yield url
-        finally:
-            _drain_prefect_clients()
-            os.environ.pop("PREFECT_API_URL", None)
-
-
-def _drain_prefect_clients() -> None:
-    """Send queued logs and events before the server goes: otherwise they retry for a minute."""
-    if "prefect" not in sys.modules:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)

@@ -6,7 +6,8 @@ where a process pool's start-up (Prefect's import, a server, workers importing t
 would cost more than it saves: the estimated compute C (per run-generation seconds measured on
 earlier runs in the database, or by a short probe) against the pool's start-up S (measured on
 earlier pool runs and remembered in the state directory) and C / workers on the pool. Both paths
-call the same `run_many` and ingest the same rows, so the numbers and the database are the same.
+call the same `run_many` on the same batches (`plan_batches`) and ingest the same rows, so the
+numbers and the database are the same.
 
 Nothing here imports Prefect: reports are re-rendered only when what they are drawn from (the
 stored rows, the study config, the code) changed since the last render (`report_fingerprint`).
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import math
 import os
 import signal
 import statistics
@@ -32,9 +35,12 @@ from flows.environment import state_dir
 
 if TYPE_CHECKING:
     import polars as pl
+    from rich.progress import Progress
 
     from collapselab.config import RunSpec, StudyConfig
+    from collapselab.models.base import FamilyParams
     from collapselab.store import Store
+    from collapselab.strategies import StrategyParams
 
 #: Seconds in-flight work gets to finish after the first Ctrl-C/SIGTERM before it is dropped.
 GRACE_S = 10.0
@@ -150,26 +156,78 @@ class Interrupts:
         os._exit(128 + self.signum)
 
 
-def batch_rows(specs: list[RunSpec]) -> tuple[pl.DataFrame, ...]:
-    """Run a batch's chains; return their `runs`, `metrics`, `samples` and `provenance` rows
+def plan_batches(
+    specs: list[RunSpec],
+    *,
+    workers: int,
+    batch_size: int | None = None,
+    max_batch: int | None = None,
+    batches_per_worker: int = 4,
+) -> list[list[RunSpec]]:
+    """Split runs into task-sized batches, in grid order: a pool's tasks, and the steps of a
+    study run here. A batch is the unit of array work (collapselab.engine advances a cell's
+    replicates together), so each cell (a model and strategy's replicates) stays whole in one
+    batch where it can: a cell is split, into nearly equal parts, only while there are fewer than
+    `batches_per_worker` batches a worker (so every worker stays busy to the end), or to keep a
+    batch at most `max_batch` (config.MAX_BATCH_RUNS unless given) or `batch_size` runs: a batch
+    holds its runs' data and metrics at once, and beyond a few hundred replicates the arrays are
+    long enough that a larger batch is no faster."""
+    import numpy as np
+
+    from collapselab.config import MAX_BATCH_RUNS
+    from collapselab.engine import cells
+
+    if not specs:
+        return []
+    groups = cells(specs)
+    limit = batch_size or max_batch or MAX_BATCH_RUNS
+    target = batches_per_worker * workers if batch_size is None else 0
+    parts = [math.ceil(len(cell) / limit) for cell in groups]
+    # split the cell with the largest parts further until the target is met (or runs run out)
+    while sum(parts) < min(target, len(specs)):
+        widest = max(range(len(groups)), key=lambda i: len(groups[i]) / parts[i])
+        if len(groups[widest]) <= parts[widest]:
+            break
+        parts[widest] += 1
+    batches: list[list[RunSpec]] = []
+    for cell, count in zip(groups, parts, strict=True):
+        bounds = np.linspace(0, len(cell), count + 1).round().astype(int)
+        batches.extend(cell[a:b] for a, b in itertools.pairwise(bounds))
+    return batches
+
+
+def batch_label(batch: list[RunSpec]) -> str:
+    """A batch's name in logs and Prefect's UI: its cell and its size."""
+    model: FamilyParams = batch[0].model
+    strategy: StrategyParams = batch[0].strategy
+    return f"{model.label()} {strategy.label()} x{len(batch)}"
+
+
+def batch_rows(
+    specs: list[RunSpec],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Run a batch's chains; return their `runs`, `metrics`, `examples` and `provenance` rows
     (what a pool task returns and what the flow ingests)."""
     from collapselab.chain import (
+        outcomes_to_examples,
         outcomes_to_frames,
         outcomes_to_provenance,
-        outcomes_to_samples,
         run_many,
     )
 
     outcomes = run_many(specs)
-    return (
-        *outcomes_to_frames(outcomes),
-        outcomes_to_samples(outcomes),
-        outcomes_to_provenance(outcomes),
-    )
+    runs, metrics = outcomes_to_frames(outcomes)
+    return runs, metrics, outcomes_to_examples(outcomes), outcomes_to_provenance(outcomes)
 
 
-def empty_statuses() -> Counter:
+def empty_statuses() -> Counter[str]:
+    """Runs by status, and batches that crashed, all at zero."""
     return Counter({**{s.value: 0 for s in RunStatus}, "crashed_batches": 0})
+
+
+def with_store_error(statuses: Counter[str], store_error: str | None) -> dict[str, Any]:
+    """The counts, and the store's one-line fault when it refused an ingest (the run stopped)."""
+    return {**statuses, **({"store_error": store_error} if store_error is not None else {})}
 
 
 def run_here(
@@ -181,7 +239,7 @@ def run_here(
     stored_before: int,
     show_progress: bool,
     on_crash: Callable[[str, Exception], None],
-) -> tuple[Counter, Interrupts]:
+) -> tuple[dict[str, Any], Interrupts]:
     """`run_in_process` under its own Ctrl-C/SIGTERM handling (a batch in flight gets GRACE_S)
     and progress bar, for the CLI and the flow alike; the interrupts say whether a signal came."""
     with (
@@ -211,15 +269,15 @@ def run_in_process(
     stored_before: int,
     progress: Callable[[int], None] = lambda runs: None,
     on_crash: Callable[[str, Exception], None] = lambda label, exc: None,
-) -> Counter:
+) -> dict[str, Any]:
     """Run and ingest the pending runs here, batch by batch (the batches the pool would get, so
     a batched engine sees the same cells): each batch's rows land in one transaction as the
     flow's do. Stops submitting at `deadline`, and on an interrupt after the batch in flight
     (or at once when it outlasts GRACE_S: that batch stays pending)."""
-    from collapselab.chain import plan_batches
     from collapselab.store import StoreError
 
     statuses = empty_statuses()
+    store_error: str | None = None
     total = len(pending)
 
     def counts() -> tuple[int, int]:
@@ -230,10 +288,10 @@ def run_in_process(
     for batch in plan_batches(pending, workers=1, batch_size=batch_size):
         if interrupts.signum is not None or (deadline is not None and time.monotonic() > deadline):
             break
-        label = f"{batch[0].model.label()} {batch[0].strategy.label()} x{len(batch)}"
+        label = batch_label(batch)
         try:
             with interrupts.grace():
-                runs, metrics, samples, provenance = batch_rows(batch)
+                runs, metrics, examples, provenance = batch_rows(batch)
         except GraceExpired:
             break
         except Exception as exc:  # a crash of the batch itself (a run's own error is a row)
@@ -241,18 +299,18 @@ def run_in_process(
             on_crash(label, exc)
             continue
         try:
-            store.ingest(runs, metrics, samples, provenance)
+            store.ingest(runs, metrics, examples, provenance)
         except StoreError as exc:
-            statuses["store_error"] = str(exc)
+            store_error = str(exc)
             break
         statuses.update(runs["status"].to_list())
         progress(len(batch))
-    return statuses
+    return with_store_error(statuses, store_error)
 
 
-@contextlib.contextmanager
-def progress_bar(total: int, *, show: bool) -> Iterator[Callable[[int], None]]:
-    """A bar of runs done / total on stderr; yields `advance(runs)`."""
+def progress_display(*, show: bool) -> Progress:
+    """The bar of runs done / total, on stderr (stdout carries results only)."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -261,9 +319,20 @@ def progress_bar(total: int, *, show: bool) -> Iterator[Callable[[int], None]]:
         TimeElapsedColumn,
     )
 
-    progress = Progress(
-        TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show
+    return Progress(
+        TextColumn("runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show,
     )
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, *, show: bool) -> Iterator[Callable[[int], None]]:
+    """`progress_display` for `total` runs; yields `advance(runs)`."""
+    progress = progress_display(show=show)
     with progress:
         bar = progress.add_task("runs", total=total)
         yield lambda runs: progress.advance(bar, runs)

@@ -8,7 +8,7 @@ import queue
 import re
 import signal
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collapselab.chain import plan_batches
 from collapselab.config import RunSpec, StudyConfig, check_budget, load_study
 from collapselab.store import Store, StoreError, study_folder
 from collapselab.tables import RunStatus, describe_counts, describe_superseded
@@ -28,13 +26,17 @@ from flows.environment import pool_worker_init
 from flows.local import (
     GRACE_S,
     Interrupts,
+    batch_label,
     empty_statuses,
     interrupted_message,
+    plan_batches,
+    progress_display,
     record_report,
     register_study,
     report_fingerprint,
     report_is_current,
     run_here,
+    with_store_error,
 )
 from flows.report import report_flow
 from tasks.chains import ingest, run_chains
@@ -68,11 +70,6 @@ def make_task_runner(runner: Runner, workers: int, dask_address: str | None = No
             "preload": ["flows.environment"],  # workers ignore Ctrl-C, die with this process
         }
     )
-
-
-def _batch_label(batch: list[RunSpec]) -> str:
-    first = batch[0]
-    return f"{first.model.label()} {first.strategy.label()} x{len(batch)}"
 
 
 @flow(name="collapse-study", flow_run_name="study {study}")
@@ -225,7 +222,7 @@ def _run_study(
 
 
 def _publish_artifacts(store: Store, study: str, summary: dict[str, Any]) -> None:
-    """What the Prefect UI shows of the outcome: final-generation metrics and the report link."""
+    """What the Prefect UI shows of the outcome: final-generation metrics and the report's path."""
     key = re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-") or "study"
     final = store.final_metrics(study)
     if not final.is_empty():
@@ -239,6 +236,12 @@ def _publish_artifacts(store: Store, study: str, summary: dict[str, Any]) -> Non
             table=table,
             description=f"Study {study}: mean of each metric at the last generation of each run",
         )
+    create_markdown_artifact(key=f"{key}-report", markdown=_outcome_markdown(study, summary))
+
+
+def _outcome_markdown(study: str, summary: dict[str, Any]) -> str:
+    """The outcome artifact's text. The report's path is given as text, not a link: browsers
+    refuse file:// links on an http page such as Prefect's UI."""
     this_run = ", ".join(f"{summary[s.value]} {s.value}" for s in RunStatus)
     lines = [
         f"# Study {study}",
@@ -247,10 +250,10 @@ def _publish_artifacts(store: Store, study: str, summary: dict[str, Any]) -> Non
     ]
     if superseded := describe_superseded(study, summary["grid"]["superseded"]):
         lines += ["", superseded + "."]
-    if "report" in summary:
-        report = Path(summary["report"]).resolve()
-        lines += ["", f"Report: [{report}]({report.as_uri()})"]
-    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines))
+    report = summary.get("report") or summary.get("report_unchanged")
+    if report:
+        lines += ["", f"Report (open this file in a browser): `{Path(report).resolve()}`"]
+    return "\n".join(lines)
 
 
 def _run_and_ingest(
@@ -264,7 +267,7 @@ def _run_and_ingest(
     interrupts: Interrupts | None = None,
     stored_before: int = 0,
     timing: dict[str, float] | None = None,
-) -> Counter:
+) -> dict[str, Any]:
     """Keep `window` tasks in flight; ingest each task's rows as soon as it completes.
 
     On an interrupt it stops submitting, gives the tasks in flight `GRACE_S` to finish (each
@@ -276,6 +279,7 @@ def _run_and_ingest(
     interrupts = interrupts or Interrupts()
     timing = timing if timing is not None else {}
     statuses = empty_statuses()
+    store_error: str | None = None
     first_submit: float | None = None
     total = sum(len(b) for b in batches)
 
@@ -290,13 +294,7 @@ def _run_and_ingest(
     finished_queue: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
     cancelled = _cancellation_watch()
     grace_until: float | None = None
-    progress = Progress(
-        TextColumn("runs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
+    progress = progress_display(show=show_progress)
     with contextlib.ExitStack() as stack:
         with _children_ignore_ctrl_c():
             stack.enter_context(task_runner)
@@ -321,7 +319,7 @@ def _run_and_ingest(
             ):
                 batch = queue_.popleft()
                 future = task_runner.submit(
-                    run_chains, {"specs": batch, "label": _batch_label(batch)}
+                    run_chains, {"specs": batch, "label": batch_label(batch)}
                 )
                 _on_done(future, finished_queue.put)
                 in_flight.append((future, batch))
@@ -336,14 +334,14 @@ def _run_and_ingest(
             batch = next(b for f, b in in_flight if f is finished)
             in_flight = [(f, b) for f, b in in_flight if f is not finished]
             try:
-                runs, metrics, samples, provenance = finished.result()
+                runs, metrics, examples, provenance = finished.result()
             except Exception as exc:  # the task crashed after its retries: leave its runs pending
                 statuses["crashed_batches"] += 1
-                logger.error("task %s crashed: %r", _batch_label(batch), exc)
+                logger.error("task %s crashed: %r", batch_label(batch), exc)
                 continue
-            fault = ingest(db, runs, metrics, samples, _batch_label(batch), provenance=provenance)
+            fault = ingest(db, runs, metrics, examples, batch_label(batch), provenance=provenance)
             if fault is not None:  # the store cannot take more (disk full...): stop, say why
-                statuses["store_error"] = fault
+                store_error = fault
                 _stop_workers(task_runner)
                 break
             statuses.update(runs["status"].to_list())
@@ -352,7 +350,7 @@ def _run_and_ingest(
                 latency = time.monotonic() - first_submit
                 timing["pool_s"] = max(0.0, latency - float(runs["duration_s"].sum() or 0.0))
         timing["work_done"] = time.monotonic()  # the pool's shutdown starts the fixed finish
-    return statuses
+    return with_store_error(statuses, store_error)
 
 
 def _on_done(future: PrefectFuture, callback: Callable[[PrefectFuture], None]) -> None:

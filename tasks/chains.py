@@ -21,7 +21,7 @@ from flows.local import batch_rows
 def run_chains(
     specs: list[RunSpec], label: str
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Run every chain of the batch; return their `runs`, `metrics`, `samples` and `provenance`
+    """Run every chain of the batch; return their `runs`, `metrics`, `examples` and `provenance`
     rows (the same function runs a batch in-process)."""
     return batch_rows(specs)
 
@@ -31,7 +31,7 @@ def ingest(
     db: str,
     runs: pl.DataFrame,
     metrics: pl.DataFrame,
-    samples: pl.DataFrame,
+    examples: pl.DataFrame,
     label: str,
     provenance: pl.DataFrame | None = None,
 ) -> str | None:
@@ -39,7 +39,7 @@ def ingest(
     A store fault (disk full, a read-only file) is returned as its one-line message rather than
     raised: the flow stops on it and the CLI shows that line, not a logged traceback."""
     try:
-        Store(db).ingest(runs, metrics, samples, provenance)
+        Store(db).ingest(runs, metrics, examples, provenance)
     except StoreError as exc:
         return str(exc)
     return None

@@ -4,6 +4,7 @@ environment that points every piece of state into the test's own folder."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -51,3 +52,56 @@ def slow_study(tmp_path: Path, name: str, *, seed: int) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
+
+
+#: Terminal control sequences (colours, cursor moves): CSI ... final byte, and OSC ... BEL/ST.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+#: A terminal wide enough that no log line wraps.
+TERMINAL_COLUMNS = 400
+
+
+def run_on_terminal(
+    args: list[str], env: dict[str, str], timeout_s: float = 600
+) -> tuple[int, str]:
+    """Run a command with a pseudo-terminal as its stdout and stderr, as a user's shell would:
+    what tools print only on a terminal (Prefect's first-import notice) shows here and nowhere
+    on a pipe. Returns the exit code and the text written, as read on the screen: colours and
+    cursor moves left out, CRLFs as newlines. A command still running after `timeout_s` is
+    killed (a hang guard, not a measurement)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, TERMINAL_COLUMNS, 0, 0))
+    env = {**env, "COLUMNS": str(TERMINAL_COLUMNS)}
+    process = subprocess.Popen(
+        args, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+    give_up = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < give_up:
+            if not select.select([controller], [], [], 0.5)[0]:
+                if process.poll() is not None:  # exited, and nothing more to read
+                    break
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+    code = process.wait()
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return code, ANSI_ESCAPE.sub("", text)

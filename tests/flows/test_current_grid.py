@@ -39,7 +39,7 @@ STUDY = {
 @pytest.fixture(scope="module")
 def server():
     """One Prefect server for every `run` below (each command would otherwise start its own)."""
-    from flows.environment import prefect_server
+    from flows.server import prefect_server
 
     with prefect_server() as url:
         yield url
@@ -70,7 +70,7 @@ def run(tmp_path, server, study: dict) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    return done.stderr
+    return done.stdout + done.stderr  # the summary is on stdout, the plan on stderr
 
 
 def cli(*args: str):

@@ -231,7 +231,8 @@ def test_cancelled_from_prefect_stops_the_same_way(tmp_path):
         timeout=180,
     )
     assert server.returncode == 0, server.stderr[-3000:]
-    url = next(line for line in server.stderr.split() if line.startswith("PREFECT_API_URL="))
+    printed = (server.stdout + server.stderr).split()  # the export line is a result: stdout
+    url = next(word for word in printed if word.startswith("PREFECT_API_URL="))
     env = {**env, "PREFECT_API_URL": url.split("=", 1)[1]}
     try:
         db = tmp_path / "cancelled.duckdb"

@@ -8,7 +8,7 @@ import yaml
 
 from collapselab.store import Store
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]  # a real server
 
 
 @pytest.fixture
