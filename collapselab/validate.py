@@ -45,6 +45,30 @@ RESULT_COLUMNS = {
 }
 
 
+def replicates_to_test(z_max: float) -> int:
+    """The fewest replicates per case at which validation can tell a wrong formula from chance:
+    with R replicates the standard error is estimated, so a correct formula's z follows Student's
+    t with R - 1 degrees of freedom, whose tails are heavier than the normal's that z_max is
+    read against. This is the smallest R at which a correct formula fails a comparison by chance
+    at most twice as often as |z| < z_max intends (95 at z_max = 4; 2 when z_max <= 1)."""
+    from scipy import stats
+
+    def too_few(replicates: int) -> bool:
+        return float(stats.t.sf(z_max, replicates - 1)) > 2 * float(stats.norm.sf(z_max))
+
+    high = 2
+    while too_few(high):  # the tail shrinks as R grows: double, then bisect
+        high *= 2
+    low = high // 2 + 1 if high > 2 else 2
+    while low < high:
+        middle = (low + high) // 2
+        if too_few(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return high
+
+
 def _curves(spec: RunSpec) -> dict[str, np.ndarray]:
     return theory.reference_curve(
         model=spec.model.model_dump(mode="json"),

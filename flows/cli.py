@@ -1,46 +1,56 @@
 """`collapselab`: run studies and render their reports from the command line.
 
 Study files are validated before anything starts: a bad file costs a one-line error, not a server
-start. Every command imports what it needs inside itself, so `--help`, `status`, `verdict`,
-`export` and `server status` load neither Prefect nor scikit-learn nor a model family. `run`
-plans the study first (flows.local): a study whose runs are all stored starts nothing, a small
-one runs in this process, and Prefect is imported only once its API URL is settled, so this
-process and every worker process talk to the same server.
+start. Results go to stdout and notices (plans, waits, progress, errors) to stderr, so
+`collapselab status > f` keeps the answer; output that is not a terminal is never wrapped. Every
+command imports what it needs inside itself, so `--help`, `status`, `verdict`, `export` and
+`server status` load neither Prefect nor scikit-learn nor a model family. Each step is
+flows.api's, the notebook API's own code; this module turns its exceptions into one-line errors
+and exit codes. `run` plans the study first: a study whose runs are all stored starts nothing, a
+small one runs in this process, and Prefect is imported only once its API URL is settled, so
+this process and every worker process talk to the same server.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 import flows  # noqa: F401  (sets the state directory and BLAS threads before numpy loads)
-from flows.environment import prefect_api, running_server, start_server, stop_server
+from flows.api import READ_WAIT_S  # how long a reading command waits for a run's lock
+from flows.server import PrefectUnreachable, running_server, start_server, stop_server
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from collapselab.config import RunSpec, StudyConfig
+    from collapselab.config import RunSpec
     from collapselab.store import Store
 
+#: Help is click's plain text: paragraphs re-wrapped whole at any width, nothing cut and nothing
+#: read as markup (rich's panels cut options at 80 columns and keep a docstring's line breaks).
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Comparative studies of model collapse."
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Comparative studies of model collapse.",
 )
-console = Console(stderr=True)
+#: Width of output that is not a terminal: wide enough that no line or table row ever wraps.
+UNWRAPPED_WIDTH = 10_000
 
 DbOption = Annotated[Path, typer.Option("--db", help="DuckDB file holding the results.")]
 StudyArgument = Annotated[
-    str | None, typer.Argument(help="Study name (default: every stored study).")
+    str | None, typer.Argument(metavar="STUDY", help="Study name (default: every stored study).")
 ]
-#: Seconds a reading command waits for a study's flow to release the database.
-READ_WAIT_S = 60.0
 
 
 class RunnerName(StrEnum):
@@ -51,18 +61,63 @@ class RunnerName(StrEnum):
     dask = "dask"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def _console(*, stderr: bool = False) -> Console:
+    """A console on stdout (results) or stderr (notices), made per use because tests swap the
+    streams. One that is not a terminal (a pipe, a file, a capture) never wraps: a line stays
+    whole for grep and a table row stays on one line."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = UNWRAPPED_WIDTH
+    return console
+
+
+def _print(message: str | Text, *, stderr: bool) -> None:
+    """One line as given (no markup read into it), which only a terminal may wrap."""
+    _console(stderr=stderr).print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    _print(Text.assemble(("error:", "bold red"), f" {message}"), stderr=True)
     raise typer.Exit(code)
 
 
 def _say(message: str) -> None:
-    console.print(message, highlight=False, markup=False, soft_wrap=True)
+    """A notice on stderr: what a command plans, waits for or went through."""
+    _print(message, stderr=True)
+
+
+def _answer(message: str) -> None:
+    """A result line on stdout."""
+    _print(message, stderr=False)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from collapselab import __version__
+        from collapselab.chain import code_version
+
+        _answer(f"collapselab {__version__} (code version recorded with runs: {code_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print collapselab's version and the code version its runs record, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options before the command (`collapselab --version`)."""
 
 
 @app.command()
 def run(
-    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    study: Annotated[Path, typer.Argument(metavar="STUDY", help="Study YAML file.")],
     db: DbOption = Path("collapselab.duckdb"),
     runner: Annotated[
         RunnerName,
@@ -85,15 +140,21 @@ def run(
     ] = None,
     report: Annotated[bool, typer.Option(help="Render the HTML report afterwards.")] = True,
     reports_dir: Annotated[
-        Path, typer.Option(help="Reports land in DIR/<study>/index.html.")
+        Path, typer.Option(help="Folder the report lands in, as <study>/index.html.")
     ] = Path("reports"),
     max_memory: Annotated[
         str | None,
-        typer.Option(help="Refuse above this estimated peak memory (8GB; overrides max_memory)."),
+        typer.Option(
+            help="Refuse a study whose estimated peak memory is above this size (e.g. 16GiB; "
+            "overrides the study file's max_memory)."
+        ),
     ] = None,
 ) -> None:
-    """Run every pending run of STUDY (stored runs are skipped), then render its report (only
-    when something it shows changed)."""
+    """Run a study's pending runs, then render its report.
+
+    Runs of STUDY whose result is stored (completed or degenerate) are skipped, so the same
+    command resumes an interrupted study and re-runs failed runs. The report is rendered again
+    only when something it shows changed."""
     started = time.monotonic()
     from collapselab.config import StudyError, check_budget, load_study, parse_byte_size
 
@@ -106,245 +167,60 @@ def run(
         _fail(str(exc))
     if dask_address and runner is not RunnerName.dask:
         _fail("--dask-address needs --runner dask")
-    from flows.environment import unreachable_api
+    from collapselab.store import StoreError
+    from flows.api import RunError, open_run_store, refresh_study_report, run_pending, summarise
 
-    if (unreachable := unreachable_api()) is not None:  # before anything is written
-        _fail(unreachable)
-    from collapselab.store import Store, StoreError
-    from flows.local import register_study
-
-    if db.exists():  # a broken, newer or unmigratable file: say so before starting anything
-        try:
-            Store(db, wait_s=READ_WAIT_S).studies()
-        except StoreError as exc:
-            _fail(str(exc))
-    store = Store(db, wait_s=READ_WAIT_S, on_wait=_say)
-    deadline = None if time_budget is None else started + time_budget
-    summary: dict[str, Any] | None = None
+    try:  # before anything is written: a dead PREFECT_API_URL, a broken or newer file
+        store = open_run_store(db, say=_say)
+    except (PrefectUnreachable, StoreError) as exc:
+        _fail(str(exc))
     try:
-        with store.writer_lock(on_wait=_say):
-            specs = config.run_specs()
-            done, pending = register_study(store, config, study_text, specs)
-            _say(
-                f"study {config.name}: {len(specs)} runs, {len(done)} already stored, "
-                f"{len(pending)} to run"
-            )
-            chosen = _choose_runner(runner, pending, store=store, workers=workers)
-            if chosen == RunnerName.in_process:
-                summary = _run_here(
-                    config,
-                    store=store,
-                    specs=specs,
-                    done=done,
-                    pending=pending,
-                    batch_size=batch_size,
-                    deadline=deadline,
-                    started=started,
-                )
-    except StoreError as exc:  # the disk filled, the file went read-only... mid-study
-        _fail(f"{exc} (runs ingested before this are stored: run the same command to resume)")
-    except KeyboardInterrupt:  # while planning or probing: nothing is half-stored
-        console.print("interrupted; run the same command to resume", highlight=False)
-        raise typer.Exit(130) from None
-    if summary is None:  # Prefect's runners: the flow plans again under its own lock
-        summary = _run_flow(
-            study,
-            db=db,
-            runner=chosen,
+        ran = run_pending(
+            config,
+            study_file=study,
+            study_text=study_text,
+            store=store,
+            runner=runner.value,  # RunnerName's values are flows.api.Runner (mypy checks)
+            given="--runner",
             workers=workers,
             dask_address=dask_address,
-            time_budget=None if deadline is None else max(0.0, deadline - time.monotonic()),
+            time_budget=time_budget,
             batch_size=batch_size,
             report=report,
             reports_dir=reports_dir,
             memory_limit=memory_limit,
+            progress=True,
+            started=started,
+            say=_say,
         )
-    elif report and "interrupted" not in summary and "store_error" not in summary:
-        from collapselab.store import study_folder
-        from flows.local import refresh_report
-
-        try:
-            folder = study_folder(reports_dir, config.name, db=db)
-            path, rendered = refresh_report(store, config.name, folder)
-        except StoreError as exc:
-            _fail(str(exc))
-        except OSError as exc:
-            _fail(f"cannot write the report under {reports_dir}: {exc.strerror or exc}")
-        except KeyboardInterrupt:  # the runs are stored; `report` renders it later
-            console.print("interrupted; run the same command to resume", highlight=False)
-            raise typer.Exit(130) from None
-        summary["report" if rendered else "report_unchanged"] = path
-    _print_summary(config.name, summary)
-
-
-def _choose_runner(
-    runner: RunnerName, pending: list[RunSpec], *, store: Store, workers: int
-) -> RunnerName:
-    """The runner given, or for `auto` the one measured costs favour; says which in one line."""
-    if not pending:
-        _say("runner: none (every run is stored)")
-        return RunnerName.in_process
-    if runner is not RunnerName.auto:
-        _say(f"runner: {runner.value} (--runner)")
-        return runner
-    from flows.local import choose_runner
-
-    server_needed = not os.environ.get("PREFECT_API_URL") and running_server() is None
-    choice = choose_runner(pending, store=store, workers=workers, server_needed=server_needed)
-    _say(choice.describe())
-    return RunnerName(choice.runner)
-
-
-def _run_here(
-    config: StudyConfig,
-    *,
-    store: Store,
-    specs: list[RunSpec],
-    done: set[str],
-    pending: list[RunSpec],
-    batch_size: int | None,
-    deadline: float | None,
-    started: float,
-) -> dict[str, Any]:
-    """The pending runs in this process (no Prefect, no pool), ingested as the flow would."""
-    from collapselab.tables import RunStatus
-    from flows.local import run_here
-
-    def crashed(label: str, exc: Exception) -> None:
-        _say(f"batch {label} crashed: {type(exc).__name__}: {exc}")
-
-    statuses, interrupts = run_here(
-        pending,
-        store=store,
-        batch_size=batch_size,
-        deadline=deadline,
-        stored_before=len(done),
-        show_progress=bool(pending),
-        on_crash=crashed,
-    )
-    ran = sum(statuses[s.value] for s in RunStatus)
-    summary: dict[str, Any] = {
-        "study": config.name,
-        "db": str(store.path.resolve()),
-        "runs": len(specs),
-        "skipped": len(done),
-        **statuses,
-        "pending": len(pending) - ran,
-        "seconds": round(time.monotonic() - started, 2),
-        "grid": store.counts(config.name),
-    }
-    if interrupts.signum is not None:
-        summary["interrupted"] = interrupts.signum
-    return summary
-
-
-def _run_flow(
-    study: Path,
-    *,
-    db: Path,
-    runner: RunnerName,
-    workers: int,
-    dask_address: str | None,
-    time_budget: float | None,
-    batch_size: int | None,
-    report: bool,
-    reports_dir: Path,
-    memory_limit: int | None,
-) -> dict[str, Any]:
-    """The study flow on a Prefect runner, with its start-up measured part by part (printed, and
-    for the processes runner remembered for the next choice of runner)."""
-    from collapselab.store import StoreError
-
-    server_needed = not os.environ.get("PREFECT_API_URL") and running_server() is None
-    timing: dict[str, float] = {}
-    try:
-        before = time.monotonic()
-        with prefect_api():
-            timing["server_s"] = time.monotonic() - before if server_needed else 0.0
-            before = time.monotonic()
-            from flows.study import study_flow
-
-            timing["import_s"] = time.monotonic() - before
-            before = time.monotonic()
-            summary = study_flow(
-                study=str(study),
-                db=str(db),
-                runner=runner.value,
-                workers=workers,
-                dask_address=dask_address,
-                time_budget_s=time_budget,
-                batch_size=batch_size,
-                report=report,
-                reports_dir=str(reports_dir),
-                show_progress=True,
-                max_memory=memory_limit,
-            )
-            if "flow_started" in summary:
-                timing["flow_s"] = summary["flow_started"] - before
-            if "work_done" in summary:  # the pool's shutdown and the flow run's end, no report
-                timing["finish_s"] = (
-                    time.monotonic() - summary["work_done"] - summary.get("report_s", 0.0)
-                )
-            before = time.monotonic()
-        timing["stop_s"] = time.monotonic() - before
-    except KeyboardInterrupt:  # while the server or flow started, or the report rendered
-        console.print("interrupted; run the same command to resume", highlight=False)
-        raise typer.Exit(130) from None
     except StoreError as exc:  # the disk filled, the file went read-only... mid-study
         _fail(f"{exc} (runs ingested before this are stored: run the same command to resume)")
-    except typer.Exit:
-        raise
-    except Exception as exc:  # tasks crashed after their retries (the flow run failed)
-        _fail(f"{exc}", code=1)
-    if "pool_s" in summary:
-        timing["pool_s"] = summary["pool_s"]
-    start_up = sum(timing.get(part, 0.0) for part in ("import_s", "server_s", "flow_s", "pool_s"))
-    _say(
-        f"start-up: {start_up:.2f} s (imports {timing['import_s']:.2f} s, server "
-        f"{timing['server_s']:.2f} s, flow {timing.get('flow_s', 0.0):.2f} s, workers "
-        f"{timing.get('pool_s', 0.0):.2f} s); finish {timing.get('finish_s', 0.0):.2f} s (pool "
-        f"shutdown, flow end); stop {timing['stop_s']:.2f} s"
-    )
-    if runner is RunnerName.processes and "pool_s" in timing:
-        from flows.local import remember_start_up
-
-        remember_start_up(
-            {part: value for part, value in timing.items() if part != "server_s" or server_needed},
-            workers=min(workers, summary.get("runs", workers) or workers),
-        )
-    return summary
-
-
-def _print_summary(name: str, summary: dict[str, Any]) -> None:
-    """What a `run` ends with, whichever runner ran it: counts, superseded runs, where things
-    are; an interrupt or a store fault as its one line and exit code."""
-    from collapselab.tables import RunStatus, describe_counts, describe_superseded
-
-    if "store_error" in summary:  # disk full, a read-only file...: what was ingested is stored
-        _fail(f"{summary['store_error']} (runs ingested before this are stored)")
-    ran = sum(summary[s.value] for s in RunStatus)
-    if "interrupted" in summary:  # the pool and any temporary server are stopped by now
-        from flows.local import interrupted_message
-
-        _say(interrupted_message(summary["skipped"] + ran, summary["pending"]))
-        raise typer.Exit(128 + summary["interrupted"])
-    _say(
-        f"{name}: {describe_counts(summary['grid'])} "
-        f"({summary['skipped']} already stored, {ran} run now, {summary['seconds']} s)"
-    )
-    if superseded := describe_superseded(name, summary["grid"]["superseded"]):
-        _say(superseded)
-    _say(f"database: {summary['db']}")
-    if "report" in summary:
-        _say(f"report:   {Path(summary['report']).resolve()}")
-    elif "report_unchanged" in summary:
-        _say(f"report unchanged: {Path(summary['report_unchanged']).resolve()}")
-    if summary.get("crashed_batches"):
-        _fail(
-            f"{summary['crashed_batches']} batch(es) crashed; their runs stay pending: run the "
-            "same command to retry them",
-            code=1,
-        )
+    except (PrefectUnreachable, RunError) as exc:  # the flow run failed (tasks crashed)
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:  # while planning, probing or in the flow: nothing is half-stored
+        _say("interrupted; run the same command to resume")
+        raise typer.Exit(130) from None
+    if ran.report_due:
+        try:
+            ran.summary.update(refresh_study_report(store, config.name, reports_dir, db=db))
+        except (StoreError, RunError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:  # the runs are stored; `report` renders it later
+            _say("interrupted; run the same command to resume")
+            raise typer.Exit(130) from None
+    try:
+        result = summarise(ran.summary, runner=ran.runner, rerun="run the same command")
+    except StoreError as exc:  # disk full, a read-only file...: what was ingested is stored
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:  # the pool and any temporary server are stopped by now
+        _say(str(exc))
+        raise typer.Exit(128 + ran.summary["interrupted"]) from None
+    except RunError as exc:  # batches crashed: what was done, then why it is an error
+        for line in exc.summary.lines() if exc.summary else []:
+            _answer(line)
+        _fail(str(exc), code=1)
+    for line in result.lines():
+        _answer(line)
 
 
 @app.command()
@@ -353,15 +229,15 @@ def report(
     study: Annotated[
         str | None, typer.Option(help="Study name (default: every stored study).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Reports land in OUT/<study>/index.html.")] = Path(
-        "reports"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Folder the reports land in, as <study>/index.html.")
+    ] = Path("reports"),
 ) -> None:
-    """Re-render reports from the database alone, without re-running anything (and without a
-    Prefect server: the library renders them here)."""
-    from collapselab.report.from_store import write_study_report  # no Prefect
+    """Render reports again from the database alone.
+
+    Nothing is re-run and no Prefect server is needed: the library renders them here."""
     from collapselab.store import StoreError, study_folder
-    from flows.local import record_report, report_fingerprint
+    from flows.api import write_reports
 
     if study is not None:
         try:
@@ -369,56 +245,37 @@ def report(
         except StoreError:
             _fail(f"--study: {study!r} is not a valid study name (letters, digits, '_', '.', '-')")
     store, names = _studies(db, study, option="--study")
-    paths = []
     try:
-        folders = [study_folder(out, name, db=db) for name in names]  # all checked first
-        for name, folder in zip(names, folders, strict=True):
-            fingerprint = report_fingerprint(store, name)  # what `run` compares before rendering
-            paths.append(write_study_report(str(db), name, str(folder), store=store))
-            record_report(folder, fingerprint)
+        paths = write_reports(store, names, out)
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the report under {out}: {exc.strerror or exc}; use --out elsewhere")
     for path in paths:
-        console.print(f"report: {Path(path).resolve()}", highlight=False)
+        _answer(f"report: {path.resolve()}")
 
 
-@app.command()
-def retry(
-    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
-    db: DbOption = Path("collapselab.duckdb"),
-    runner: Annotated[
-        RunnerName, typer.Option(help="Where runs run (as `run --runner`).")
-    ] = RunnerName.auto,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Parallel workers (default: all cores).")
-    ] = None,
-) -> None:
-    """Re-run only the failed and missing runs of STUDY (what `run` does: stored results stay)."""
-    run(study=study, db=db, runner=runner, workers=workers)
+#: `retry` is `run` under a second name (one function, so every option of `run` works on it).
+app.command(
+    "retry",
+    help="Run a study's failed and pending runs again.\n\n"
+    "The same command as `run`, with every option: `run` skips only stored results (completed "
+    "or degenerate), so after failures, a crash or an interrupt both re-run exactly the failed "
+    "and missing runs of STUDY and refresh the report.",
+)(run)
 
 
-def _studies(db: Path, study: str | None, *, option: str | None = None):
+def _studies(db: Path, study: str | None, *, option: str | None = None) -> tuple[Store, list[str]]:
     """The store and the names a reading command covers: STUDY, or every stored study. The store
     says once, on stderr, when it waits for another process holding the file."""
     from collapselab.store import Store, StoreError
+    from flows.api import study_names
 
-    store = Store(
-        db,
-        wait_s=READ_WAIT_S,
-        on_wait=lambda message: console.print(
-            message, highlight=False, markup=False, soft_wrap=True
-        ),
-    )
+    store = Store(db, wait_s=READ_WAIT_S, on_wait=_say)
     try:
-        names = store.studies()["name"].to_list()
+        return store, study_names(store, study, option=option)
     except StoreError as exc:
         _fail(str(exc))
-    if study is not None and study not in names:
-        prefix = f"{option}: " if option else ""
-        _fail(f"{prefix}no study {study!r} in {db}; stored: {', '.join(names) or 'none'}")
-    return store, names if study is None else [study]
 
 
 class StatusFormat(StrEnum):
@@ -431,18 +288,20 @@ def status(
     study: StudyArgument = None,
     db: DbOption = Path("collapselab.duckdb"),
     output: Annotated[
-        StatusFormat, typer.Option("--format", help="table (lines) or json (to stdout).")
+        StatusFormat, typer.Option("--format", help="table (lines) or json.")
     ] = StatusFormat.table,
 ) -> None:
-    """Counts of each study's current grid (the file its latest `run` used), superseded runs
-    kept, and the failed runs with their errors."""
+    """Count each study's runs and list the failed ones.
+
+    Counts cover the current grid (the file its latest `run` used): completed, degenerate,
+    failed and pending runs, then the superseded runs kept and each failed run with its error."""
     import polars as pl
 
     from collapselab.store import StoreError
     from collapselab.tables import RunStatus, describe_counts, describe_superseded
 
     store, names = _studies(db, study)
-    records = []
+    records: list[dict[str, Any]] = []
     try:
         for name in names:
             failed = store.run_statuses(name).filter(pl.col("status") == RunStatus.failed.value)
@@ -468,43 +327,40 @@ def status(
         print(json.dumps(records, indent=2))
         return
     for record in records:
-        console.print(
-            f"[bold]{record['study']}[/]: {describe_counts(record)}",
-            highlight=False,
-            soft_wrap=True,
+        _print(
+            Text.assemble((record["study"], "bold"), f": {describe_counts(record)}"), stderr=False
         )
         if superseded := describe_superseded(record["study"], record["superseded"]):
-            console.print(f"  {superseded}", highlight=False, markup=False, soft_wrap=True)
+            _answer(f"  {superseded}")
         for row in record["failed_runs"]:
-            console.print(
+            _answer(
                 f"  failed {row['run_id']} {row['model']} {row['strategy']} "
-                f"replicate {row['replicate']}: {row['error']}",
-                highlight=False,
-                markup=False,
+                f"replicate {row['replicate']}: {row['error']}"
             )
 
 
 @app.command()
 def prune(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Study name.")],
     db: DbOption = Path("collapselab.duckdb"),
 ) -> None:
-    """Delete STUDY's superseded runs (stored under its name, outside the grid of its latest
-    `run`) with their metrics, samples and provenance, in one transaction."""
+    """Delete a study's superseded runs.
+
+    Superseded runs are stored under STUDY's name but outside the grid of its latest `run`; they
+    go with their metrics, examples and provenance, in one transaction."""
     from collapselab.store import StoreError
 
     store, _ = _studies(db, study)
     try:
-        with store.writer_lock(on_wait=lambda message: console.print(message, highlight=False)):
+        with store.writer_lock(on_wait=_say):
             pruned = store.prune(study)
     except StoreError as exc:
         _fail(str(exc))
     runs = "run" if pruned == 1 else "runs"
-    console.print(
-        f"{study}: deleted {pruned} superseded {runs} with their metrics, samples and provenance"
+    _answer(
+        f"{study}: deleted {pruned} superseded {runs} with their metrics, examples and provenance"
         if pruned
-        else f"{study}: no superseded runs",
-        highlight=False,
+        else f"{study}: no superseded runs"
     )
 
 
@@ -514,56 +370,27 @@ class VerdictFormat(StrEnum):
     json = "json"
 
 
-#: verdict_table's columns as `collapselab verdict` prints them (strategy is the label).
-VERDICT_FIELDS = (
-    "study",
-    "model",
-    "family",
-    "strategy",
-    "runs",
-    "collapsed",
-    "collapsed_share",
-    "collapsed_low",
-    "collapsed_high",
-    "median_onset",
-    "unconfirmed",
-    "warned",
-    "hits",
-    "false_alarms",
-    "false_alarm_rate",
-    "median_lead",
-    "generations",
-    "rank",
-)
-
-
 @app.command()
 def verdict(
     study: StudyArgument = None,
     db: DbOption = Path("collapselab.duckdb"),
     output: Annotated[
-        VerdictFormat, typer.Option("--format", help="table, csv or json (to stdout).")
+        VerdictFormat, typer.Option("--format", help="table, csv or json.")
     ] = VerdictFormat.table,
 ) -> None:
-    """Which strategies collapse: per model x strategy, runs collapsed (share with its 95%
-    Wilson interval), median onset, early warnings (hits, false alarms and their rate, median
-    lead). The report's numbers, from the database alone."""
-    import polars as pl
+    """Say which strategies collapse, from the database alone.
 
+    The report's verdict, per model x strategy: runs collapsed (share with its 95% Wilson
+    interval), median onset, early warnings (hits, false alarms and their rate, median lead)."""
     from collapselab.store import StoreError
-    from collapselab.verdict import study_verdict
+    from flows.api import verdict_frame
 
     store, names = _studies(db, study)
     try:
-        frames = [study_verdict(store, name) for name in names]
+        frame = verdict_frame(store, names)
         counts = {name: store.counts(name) for name in names}
     except StoreError as exc:
         _fail(str(exc))
-    frame = (
-        pl.concat(frames).rename({"strategy_label": "strategy"}).select(VERDICT_FIELDS)
-        if frames
-        else pl.DataFrame(schema={name: pl.String for name in VERDICT_FIELDS})
-    )
     if output is VerdictFormat.json:
         print(json.dumps(frame.to_dicts(), indent=2))
         return
@@ -584,9 +411,7 @@ def _print_verdict(frame: pl.DataFrame, counts: dict[str, dict[str, int]]) -> No
     def number(value, digits: int = 0) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    out = Console()
-    if not out.is_terminal:  # piped or captured: one line per row rather than 80 columns
-        out = Console(width=200)
+    out = _console()
     for name, grid in counts.items():
         rows = frame.filter(pl.col("study") == name)
         generations = rows["generations"].max() if rows.height else None
@@ -634,6 +459,7 @@ def _print_verdict(frame: pl.DataFrame, counts: dict[str, dict[str, int]]) -> No
         "(rate over runs without onset); median lead: generations from warning to onset, hits",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
 
 
@@ -646,15 +472,21 @@ class ExportFormat(StrEnum):
 def export(
     db: DbOption = Path("collapselab.duckdb"),
     file_format: Annotated[
-        ExportFormat, typer.Option("--format", help="File format.")
+        ExportFormat, typer.Option("--format", help="File format: parquet or csv.")
     ] = ExportFormat.parquet,
     out: Annotated[Path, typer.Option(help="Folder for one file per table.")] = Path("export"),
-    force: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing --out folder.", show_default=False)
+    ] = False,
 ) -> None:
-    """Write every table (studies, study_runs, runs with a `superseded` column, metrics,
-    samples, provenance) and each run's onset and warning (onsets) for analysis elsewhere.
-    Files are written to a temporary folder beside OUT and renamed into place, so OUT is
-    either the whole export or untouched."""
+    """Write every table to files, for analysis elsewhere.
+
+    One file per table in OUT: studies, study_runs, runs (with a `superseded` column),
+    metrics, examples, provenance (each training set's composition by origin) and onsets
+    (each run's collapse onset and early warning). JSON columns (config, params, items) are
+    written as JSON text, which polars, pandas, DuckDB and R read as strings. The files are
+    written to a temporary folder beside OUT and renamed into place, so OUT is either the whole
+    export or untouched."""
     import shutil
     import tempfile
 
@@ -691,7 +523,7 @@ def export(
     finally:  # gone once renamed; otherwise a partial export nobody should see
         shutil.rmtree(staging, ignore_errors=True)
     for path in sorted(out.iterdir()):
-        console.print(f"wrote {path}", highlight=False)
+        _answer(f"wrote {path}")
 
 
 server_app = typer.Typer(help="A long-lived local Prefect server that runs and the UI share.")
@@ -702,59 +534,84 @@ app.add_typer(server_app, name="server")
 def server_start(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200,
 ) -> None:
-    """Start the server in the background (its database stays in the state directory)."""
+    """Start the server in the background.
+
+    Its database stays in the state directory. It prints the line that points a shell's
+    `prefect` commands at it."""
     try:
         record = start_server(port=port)
     except RuntimeError as exc:
         _fail(str(exc), code=1)
-    console.print(
-        f"Prefect server running (PID {record['pid']}): UI {record['ui']}", highlight=False
-    )
-    console.print(f"export PREFECT_API_URL={record['url']}", highlight=False)
+    _answer(f"Prefect server running (PID {record['pid']}): UI {record['ui']}")
+    _answer(f"export PREFECT_API_URL={record['url']}")
 
 
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the server started by `collapselab server start`."""
     record = stop_server()
-    console.print(
-        f"stopped the Prefect server (PID {record['pid']})" if record else "no server was running",
-        highlight=False,
+    _answer(
+        f"stopped the Prefect server (PID {record['pid']})" if record else "no server was running"
     )
 
 
 @server_app.command("status")
 def server_status() -> None:
-    """Say whether the long-lived server is up, and where."""
+    """Say whether the long-lived server is up, and where.
+
+    Exit 1 when it is not."""
     record = running_server()
     if record is None:
-        console.print("no collapselab Prefect server is running")
+        _answer("no collapselab Prefect server is running")
         raise typer.Exit(1)
-    console.print(f"running (PID {record['pid']}): UI {record['ui']}", highlight=False)
+    _answer(f"running (PID {record['pid']}): UI {record['ui']}")
+
+
+class ValidateFormat(StrEnum):
+    table = "table"
+    json = "json"
 
 
 @app.command()
 def validate(
     study: Annotated[
-        Path, typer.Argument(help="Study YAML file whose closed-form cases to check.")
+        Path,
+        typer.Argument(metavar="STUDY", help="Study YAML file whose closed-form cases to check."),
     ] = Path("studies/validate.yaml"),
     z_max: Annotated[
         float, typer.Option(min=0, help="A case fails when |z| reaches this at any generation.")
     ] = 4.0,
+    output: Annotated[
+        ValidateFormat, typer.Option("--format", help="table or json (one object per case).")
+    ] = ValidateFormat.table,
 ) -> None:
-    """Run STUDY's closed-form cases here (no Prefect, nothing stored) and test each against the
-    literature's formula; exit 0 if every case passes, 1 otherwise."""
+    """Test the simulation against the literature's closed forms.
+
+    Runs STUDY's closed-form cases here (no Prefect, nothing stored) and compares each with its
+    formula at every generation. Exit 0 if every case passes, 1 if one fails, 2 for a study
+    that cannot test them (a bad file, no closed form, too few replicates)."""
     from rich.markup import escape
     from rich.table import Table
 
     from collapselab.config import StudyError, load_study
-    from collapselab.validate import references, table_rows, validate_study
+    from collapselab.validate import (
+        references,
+        replicates_to_test,
+        table_rows,
+        validate_study,
+    )
 
     try:
         config, _ = load_study(study)
     except StudyError as exc:
         _fail(str(exc))
-    with console.status("starting", spinner="line") as spinner:
+    if config.replicates < (needed := replicates_to_test(z_max)):
+        _fail(
+            f"{study}: needs at least {needed} replicates per case to test at |z| < {z_max:g} "
+            f"(with fewer, a correct formula fails by chance too often); the study has "
+            f"{config.replicates}"
+        )
+    with _console(stderr=True).status("starting", spinner="line") as spinner:
 
         def progress(done: int, total: int, spec: RunSpec) -> None:
             spinner.update(
@@ -764,6 +621,10 @@ def validate(
         frame = validate_study(config, z_max=z_max, progress=progress)
     if frame.is_empty():
         _fail(f"{study}: no model x strategy of this study has a closed form to check")
+    passed = int(frame["passed"].sum())
+    if output is ValidateFormat.json:
+        print(json.dumps([_json_safe(row) for row in frame.to_dicts()], indent=2))
+        raise typer.Exit(0 if passed == frame.height else 1)
     headers, cells = table_rows(frame)
     table = Table(title=f"{config.name}: closed forms vs simulation (|z| < {z_max:g})")
     for header in headers:
@@ -772,22 +633,116 @@ def validate(
     for row in cells:
         style = "green" if row[-1] == "pass" else "bold red"
         table.add_row(*(escape(cell) for cell in row[:-1]), f"[{style}]{row[-1]}[/]")
-    out = Console()
-    if not out.is_terminal:  # piped or captured: one line per case rather than 80 columns
-        out = Console(width=200)
-    out.print(table)
+    _console().print(table)
     for metric, reference in references(frame):
-        out.print(f"  {metric}: {reference}", highlight=False, markup=False)
-    passed = int(frame["passed"].sum())
+        _answer(f"  {metric}: {reference}")
     verdict = "all pass" if passed == frame.height else f"{frame.height - passed} FAIL"
-    out.print(f"{passed}/{frame.height} closed-form cases pass: {verdict}", highlight=False)
+    _answer(f"{passed}/{frame.height} closed-form cases pass: {verdict}")
     if passed < frame.height:
         raise typer.Exit(1)
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with NaN and infinities as null: JSON has no such numbers."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in row.items()
+    }
+
+
+class CheckFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command("check-family")
+def check_family(
+    family: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:CLASS|NAME",
+            help="A family's name (built in, or an installed plug-in's) or the import path of "
+            "its class, package.module:ClassName.",
+        ),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="KEY=VALUE",
+            help="A parameter of the family, repeatable; VALUE is read as YAML (3, 0.5, mle, "
+            "[[0, 0]]). Default: the family's defaults.",
+        ),
+    ] = None,
+    output: Annotated[
+        CheckFormat, typer.Option("--format", help="text (a line per check) or json.")
+    ] = CheckFormat.text,
+) -> None:
+    """Check that a family keeps the contract.
+
+    The contract is what the chain, the engine and the report rely on.
+
+    Runs the family contract suite (fit returns the model, sampling uses only the given
+    Generator, shapes, determinism, metric metadata, JSON examples, validated parameters,
+    degenerate fits, the batched path, the memory estimate) and prints each check as PASS or
+    FAIL. Exit 0 when every check passes, 1 when one fails, 2 for a family or parameter that
+    cannot be loaded."""
+    from collapselab.contract import CHECK_NAMES, family_params, iter_checks
+    from collapselab.models import load_family
+
+    try:
+        cls = load_family(family)
+        params = family_params(cls, _family_overrides(param or []))
+    except ValueError as exc:
+        _fail(str(exc))
+    results = []
+    width = max(len(name) for name in CHECK_NAMES)
+    for check, run_check in iter_checks(cls, params=params):
+        result = run_check()
+        results.append((check, result))
+        if output is CheckFormat.text:
+            verdict = "PASS" if result.passed else "FAIL"
+            _answer(f"{verdict}  {result.name:<{width}}  {result.detail}")
+    failed = [result.name for _, result in results if not result.passed]
+    if output is CheckFormat.json:
+        checks = [
+            {"name": r.name, "summary": c.summary, "passed": r.passed, "detail": r.detail}
+            for c, r in results
+        ]
+        document = {"family": cls.name, "params": params.model_dump(mode="json")}
+        print(json.dumps({**document, "passed": not failed, "checks": checks}, indent=2))
+    elif failed:
+        count = f"{len(failed)} of {len(results)} checks FAIL"
+        _answer(f"{params.label()}: {count}: {', '.join(failed)}")
+    else:
+        _answer(f"{params.label()}: all {len(results)} checks pass")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _family_overrides(pairs: list[str]) -> dict[str, Any]:
+    """{key: value} of `--param KEY=VALUE` options, each value read as a YAML scalar or list."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, equals, text = pair.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValueError(f"--param {pair!r}: write KEY=VALUE, for instance --param dim=3")
+        if key in overrides:
+            raise ValueError(f"--param {key} is given twice")
+        try:
+            overrides[key] = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError as exc:
+            problem = str(exc).strip().splitlines()[0]
+            raise ValueError(f"--param {key}: {text!r} is not a YAML value ({problem})") from None
+    return overrides
 
 
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C before or after a study's runs: nothing half-stored
-        console.print("interrupted; run the same command to resume", highlight=False)
+        _say("interrupted; run the same command to resume")
         sys.exit(130)

@@ -18,6 +18,7 @@ from collapselab.validate import (
     Z_MAX,
     closed_form_specs,
     format_table,
+    replicates_to_test,
     validate_outcomes,
     validate_study,
 )
@@ -189,3 +190,26 @@ def test_command_says_when_nothing_has_a_closed_form(tmp_path):
     path.write_text(yaml.safe_dump({**TINY, "strategies": ["accumulate-subsample"]}))
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "no model x strategy" in result.output
+
+
+def test_too_few_replicates_means_a_correct_formula_fails_by_chance_too_often():
+    """Simulated correct formulas (normal replicates, the standard error estimated from them):
+    with the replicates validation asks for, |z| reaches z_max at most about twice as often as
+    the normal law says; with a third of them, clearly more often."""
+    from scipy import stats
+
+    assert replicates_to_test(0.5) == 2  # heavy tails cost nothing this close to 0
+    assert replicates_to_test(3.0) < replicates_to_test(4.0) < replicates_to_test(5.0)
+    z_max, trials = 2.5, 200_000
+    needed = replicates_to_test(z_max)
+    intended = 2 * stats.norm.sf(z_max)
+    rng = np.random.default_rng(20260611)
+
+    def false_fail_rate(replicates: int) -> float:
+        draws = rng.standard_normal((trials, replicates))
+        z = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / np.sqrt(replicates))
+        return float(np.mean(np.abs(z) >= z_max))
+
+    margin = 4 * np.sqrt(2 * intended * (1 - 2 * intended) / trials)
+    assert false_fail_rate(needed) <= 2 * intended + margin
+    assert false_fail_rate(needed // 3) >= 2 * intended + margin

@@ -18,8 +18,11 @@ from collapselab.store import Store
 from tests.flows.processes import BIN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.slow
+#: Entry point -> flow name: Prefect names a deployment FLOW/DEPLOYMENT.
+FLOWS = {
+    "flows/study.py:study_flow": "collapse-study",
+    "flows/report.py:report_flow": "collapse-report",
+}
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: int = 300) -> str:
@@ -28,6 +31,23 @@ def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: int = 300) 
     return done.stdout + done.stderr
 
 
+def test_only_documented_deployments_are_scheduled():
+    """A schedule runs work nobody asked for: each one is in README's deployment section, and
+    `quick` (whose runs are all stored after its first run) has none."""
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    section = (ROOT / "README.md").read_text().partition("## Deployments and schedules")[2]
+    section = " ".join(section.partition("\n## ")[0].split())
+    assert "`collapse-study/quick` (the quick study, run on demand: it has no schedule" in section
+    for deployment in deployments:
+        flow = FLOWS[deployment["entrypoint"]]
+        for schedule in deployment.get("schedules") or []:
+            assert deployment["name"] != "quick"
+            minute, hour = (int(field) for field in schedule["cron"].split()[:2])
+            when = f"{hour:02d}:{minute:02d} {schedule['timezone']}"
+            assert f"`{flow}/{deployment['name']}` (scheduled at {when}" in section
+
+
+@pytest.mark.slow
 def test_deploy_and_run_the_quick_study_through_a_worker(tmp_path, tiny_study):
     project = tmp_path / "project"
     project.mkdir()

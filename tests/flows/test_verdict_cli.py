@@ -172,10 +172,10 @@ def test_every_study_when_none_is_named_and_csv_matches_json(db):
 
 def test_table_says_the_grid_counts_and_superseded_runs(db):
     result = invoke("hand", "--db", str(db))
-    assert result.exit_code == 0, result.output
-    assert "hand: 13 runs: 12 completed, 0 degenerate, 1 failed, 0 pending" in result.output
-    assert "4 superseded runs kept: `collapselab prune hand` deletes them" in result.output
-    assert "6/6" in result.output and "0/6" in result.output
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert "hand: 13 runs: 12 completed, 0 degenerate, 1 failed, 0 pending" in result.stdout
+    assert "4 superseded runs kept: `collapselab prune hand` deletes them" in result.stdout
+    assert "6/6" in result.stdout and "0/6" in result.stdout
 
 
 def test_onsets_per_run_cover_the_current_grid(db):
@@ -192,8 +192,9 @@ def test_errors_are_one_line_and_change_nothing(db, tmp_path, monkeypatch):
         (["nope", "--db", str(db)], "no study 'nope'"),
     ):
         result = invoke(*args)
-        lines = [line for line in result.output.splitlines() if line.strip()]
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+        assert result.stdout == ""
     assert db.read_bytes() == before and not (tmp_path / "none.duckdb").exists()
 
     import flows.cli
@@ -216,9 +217,9 @@ def test_errors_are_one_line_and_change_nothing(db, tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    # one line while it waits, one when it gives up: both say who holds the file
-    assert result.exit_code == 2 and len(lines) == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # one line while it waits, one when it gives up, on stderr: both say who holds the file
+    assert result.exit_code == 2 and len(lines) == 2 and result.stdout == "", result.output
     assert "waiting up to 0.5 s" in lines[0] and f"(PID {holder.pid})" in lines[0]
     assert "locked by another process" in lines[1] and f"(PID {holder.pid})" in lines[1]
 
