@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser study test lint bench lock clean
+.PHONY: install browser study test test-fast lint bench lock clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ study: install
 
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# For development: everything but the tests marked slow (real servers, processes, signals,
+# whole-study simulations); CI runs `make test`, all of them.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 # Headless Chromium for the report's browser test, from the system's packages where we may
 # install them (root with apt-get); elsewhere that one test is skipped with its reason.

@@ -567,7 +567,7 @@ def _batched_equals_per_run(subject: _Subject) -> str:
             if not engine.batches_cell(specs[0]):
                 continue
             try:  # the engine's own batched path, without its fall-back to run_chain
-                batched = engine._run_batched(specs)
+                batched = engine.run_batched(specs)
             except Exception as exc:
                 raise CheckFailed(
                     f"{strategy.label()}: the batched path raised {_one_line(exc)}"

@@ -113,7 +113,7 @@ def run_cell(specs: list[RunSpec]) -> list[RunOutcome]:
         return [run_chain(spec) for spec in specs]
     started_at, clock = datetime.now(UTC), time.perf_counter()
     try:
-        outcomes = _run_batched(specs)
+        outcomes = run_batched(specs)
     except Exception:  # a bug of the batched path: the per-run path answers for every run
         return [run_chain(spec) for spec in specs]
     share = (time.perf_counter() - clock) / len(specs)
@@ -122,7 +122,9 @@ def run_cell(specs: list[RunSpec]) -> list[RunOutcome]:
     return outcomes
 
 
-def _run_batched(specs: list[RunSpec]) -> list[RunOutcome]:
+def run_batched(specs: list[RunSpec]) -> list[RunOutcome]:
+    """The cell through the family's batched path alone, with no fallback: what the family
+    contract (collapselab.contract) compares with run_chain, so a fallback cannot hide a bug."""
     first = specs[0]
     generations, n, temperature = first.generations, first.n, first.strategy.temperature
     batched = get_family(first.model.family).Batched

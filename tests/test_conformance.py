@@ -74,7 +74,9 @@ def test_short_chain_contract(family, strategy, temperature):
 
     real = build_model(spec.model).real_data()
     test = real.open(n_test=spec.test_size, seed=spec.real_seed(real.key)).test
-    assert len(fitted_on) == GENERATIONS + 1
+    # every generation's model, plus any model a family fits on R0 for a metric (ngram's
+    # real-data reference, cached per process): none may see the held-out data
+    assert len(fitted_on) >= GENERATIONS + 1
     if family_cls.distinct_points:
         test_rows = {row_key(row) for row in test}
         assert not any(row_key(row) in test_rows for X in fitted_on for row in X)

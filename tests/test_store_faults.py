@@ -215,6 +215,7 @@ def test_disk_full_is_one_line_and_the_database_stays_consistent(tmp_path, tiny_
         )
 
 
+@pytest.mark.slow  # runs the CLI until a small disk fills
 def test_run_on_a_full_disk_is_one_line_and_keeps_what_was_stored(tmp_path, tiny_study):
     """`collapselab run` in real processes, as a user runs it (threads runner): the study's
     first run fits, then the disk is full before a bigger grid's runs are ingested. One line,
