@@ -23,6 +23,7 @@ import math
 import subprocess
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -82,13 +83,18 @@ class RunOutcome:
     degenerate_generation: int | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     duration_s: float = 0.0
-    generation: list[int] = field(default_factory=list)
-    metric: list[str] = field(default_factory=list)
-    value: list[float] = field(default_factory=list)
-    #: (generation, kind, items) of samples kept for the report at a few generations
+    #: The metrics as three parallel columns: generation, metric name, value (one per row).
+    generations: list[int] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    #: (generation, kind, items) of the examples kept for the report at a few generations
     examples: list[tuple[int, str, list]] = field(default_factory=list)
     #: (generation, origin, points): composition of model `generation`'s training set (see above)
     provenance: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def metric_rows(self) -> Iterator[tuple[int, str, float]]:
+        """(generation, metric, value) of every stored metric value, in order."""
+        return zip(self.generations, self.metrics, self.values, strict=True)
 
     def record(self, generation: int, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -96,9 +102,9 @@ class RunOutcome:
                 value
             ):  # NaN is never stored; an infinity is kept where it means something
                 continue
-            self.generation.append(generation)
-            self.metric.append(name)
-            self.value.append(float(value))
+            self.generations.append(generation)
+            self.metrics.append(name)
+            self.values.append(float(value))
 
 
 def example_generations(generations: int, count: int = 6) -> set[int]:
@@ -251,10 +257,10 @@ def outcomes_to_frames(outcomes: list[RunOutcome]) -> tuple[pl.DataFrame, pl.Dat
     )
     metrics = pl.DataFrame(
         {
-            "run_id": _repeat_run_ids(outcomes, [len(o.value) for o in outcomes]),
-            "generation": list(itertools.chain.from_iterable(o.generation for o in outcomes)),
-            "metric": list(itertools.chain.from_iterable(o.metric for o in outcomes)),
-            "value": list(itertools.chain.from_iterable(o.value for o in outcomes)),
+            "run_id": _repeat_run_ids(outcomes, [len(o.values) for o in outcomes]),
+            "generation": list(itertools.chain.from_iterable(o.generations for o in outcomes)),
+            "metric": list(itertools.chain.from_iterable(o.metrics for o in outcomes)),
+            "value": list(itertools.chain.from_iterable(o.values for o in outcomes)),
         },
         schema=METRIC_COLUMNS,
     )

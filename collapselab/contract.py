@@ -605,8 +605,7 @@ def _batched_equals_per_run(subject: _Subject) -> str:
 
 def _long_rows(outcome: Any) -> dict[tuple[int, str], float]:
     """{(generation, metric): value} of a RunOutcome."""
-    keys = zip(outcome.generation, outcome.metric, strict=True)
-    return dict(zip(keys, outcome.value, strict=True))
+    return {(g, m): v for g, m, v in outcome.metric_rows()}
 
 
 def _spec(params: FamilyParams, strategy: StrategyParams, replicate: int) -> RunSpec:

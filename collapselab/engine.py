@@ -306,11 +306,11 @@ class _MetricRecorder:
             count = int(self.recorded[index])
             values = self.values[index, :count]
             if not has_nan[index]:
-                outcome.generation = generations[: count * width]
-                outcome.metric = self.names * count
-                outcome.value = values.ravel().tolist()
+                outcome.generations = generations[: count * width]
+                outcome.metrics = self.names * count
+                outcome.values = values.ravel().tolist()
                 continue
             kept = ~np.isnan(values)
-            outcome.generation = np.nonzero(kept)[0].tolist()
-            outcome.metric = np.broadcast_to(names, values.shape)[kept].tolist()
-            outcome.value = values[kept].tolist()
+            outcome.generations = np.nonzero(kept)[0].tolist()
+            outcome.metrics = np.broadcast_to(names, values.shape)[kept].tolist()
+            outcome.values = values[kept].tolist()

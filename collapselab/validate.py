@@ -102,7 +102,7 @@ def _observed(outcomes: list[RunOutcome], metric: str, absorbed: float | None) -
         if outcome.status == RunStatus.failed:
             continue
         seen = set()
-        for g, name, value in zip(outcome.generation, outcome.metric, outcome.value, strict=True):
+        for g, name, value in outcome.metric_rows():
             if name == metric:
                 generations.append(g)
                 values.append(value)

@@ -279,7 +279,7 @@ def test_the_engine_holds_no_more_replicates_than_the_budget_counts(tiny_study, 
     monkeypatch.setattr(config_module, "BATCH_BYTES", 2 * per_replicate)
     assert [len(cell) for cell in engine.cells(specs)] == [2, 2, 2]
     split = run_many(specs)
-    assert [o.value for o in split] == [o.value for o in whole]
+    assert [o.values for o in split] == [o.values for o in whole]
     budget = estimate_budget(config, workers=1)
     assert budget.memory_part.startswith("2 replicates of ")  # two replicates at once ...
     assert budget.worker_bytes == config_module.RUN_OVERHEAD_BYTES + 2 * per_replicate

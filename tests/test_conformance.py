@@ -64,7 +64,7 @@ def test_short_chain_contract(family, strategy, temperature):
     assert outcome.status == COMPLETED, outcome.error
     expected = {*family_cls.metric_names, "real_fraction", "train_size"}
     by_generation: dict[int, set[str]] = {}
-    for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True):
+    for g, m, v in outcome.metric_rows():
         by_generation.setdefault(g, set()).add(m)
         assert not math.isnan(v)
     assert sorted(by_generation) == list(range(GENERATIONS + 1))
@@ -82,10 +82,10 @@ def test_short_chain_contract(family, strategy, temperature):
         assert not any(row_key(row) in test_rows for X in fitted_on for row in X)
     # determinism from the seed
     again = run_chain(spec)
-    assert (again.generation, again.metric, again.value) == (
-        outcome.generation,
-        outcome.metric,
-        outcome.value,
+    assert (again.generations, again.metrics, again.values) == (
+        outcome.generations,
+        outcome.metrics,
+        outcome.values,
     )
 
 
@@ -95,21 +95,15 @@ def test_generation_zero_is_shared_by_every_strategy(family):
     zero = []
     for strategy in sorted(STRATEGIES):
         outcome = run_chain(one_spec(family, strategy))
-        zero.append(
-            [
-                (m, v)
-                for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True)
-                if g == 0
-            ]
-        )
+        zero.append([(m, v) for g, m, v in outcome.metric_rows() if g == 0])
     assert all(z == zero[0] for z in zero)
 
 
 def test_longer_study_reproduces_shorter_prefix():
     short = run_chain(one_spec("gaussian", "accumulate-subsample"))
     long = run_chain(one_spec("gaussian", "accumulate-subsample", generations=GENERATIONS + 3))
-    prefix = len(short.value)
-    assert long.value[:prefix] == short.value
+    prefix = len(short.values)
+    assert long.values[:prefix] == short.values
 
 
 def test_degenerate_fit_ends_the_run_as_degenerate():
@@ -128,7 +122,7 @@ def test_degenerate_fit_ends_the_run_as_degenerate():
     ).run_specs()[0]
     outcome = run_chain(spec)
     assert outcome.status == DEGENERATE == "degenerate" and outcome.degenerate_generation == 0
-    assert "singular" in outcome.error and outcome.value == []
+    assert "singular" in outcome.error and outcome.values == []
 
 
 def test_degeneration_mid_chain_keeps_earlier_metrics():
@@ -148,7 +142,7 @@ def test_degeneration_mid_chain_keeps_earlier_metrics():
     outcome = run_chain(spec)
     assert outcome.status == DEGENERATE == "degenerate"
     assert 3 <= outcome.degenerate_generation <= 10
-    assert max(outcome.generation) == outcome.degenerate_generation - 1
+    assert max(outcome.generations) == outcome.degenerate_generation - 1
 
 
 def test_an_exception_is_recorded_as_failed():
@@ -172,9 +166,7 @@ def test_provenance_accounts_for_every_training_point(family, strategy):
 
     outcome = run_chain(one_spec(family, strategy))
     assert outcome.status == COMPLETED, outcome.error
-    metrics = {
-        (g, m): v for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True)
-    }
+    metrics = {(g, m): v for g, m, v in outcome.metric_rows()}
     provenance = outcomes_to_provenance([outcome])
     assert sorted(provenance["generation"].unique()) == list(range(GENERATIONS + 1))
     for (t,), rows in provenance.group_by("generation"):

@@ -60,7 +60,7 @@ def assert_close(a, b, where: str) -> None:
 
 
 def long_rows(outcome):
-    return outcome.generation, outcome.metric, outcome.value
+    return outcome.generations, outcome.metrics, outcome.values
 
 
 def assert_same_run(batched, single) -> None:
@@ -74,7 +74,7 @@ def assert_same_run(batched, single) -> None:
     ), where
     values = {(g, m): v for g, m, v in zip(*long_rows(batched), strict=True)}
     expected = {(g, m): v for g, m, v in zip(*long_rows(single), strict=True)}
-    assert len(values) == len(batched.value) and values.keys() == expected.keys(), where
+    assert len(values) == len(batched.values) and values.keys() == expected.keys(), where
     for key, value in expected.items():
         assert_close(values[key], value, f"{where} {key}")
     assert batched.provenance == single.provenance, where
@@ -142,7 +142,7 @@ def test_a_cell_whose_every_replicate_degenerates_at_once():
     batched, single = batched_and_single(specs)
     for b, s in zip(batched, single, strict=True):
         assert_same_run(b, s)
-        assert b.status == DEGENERATE and b.degenerate_generation == 0 and b.value == []
+        assert b.status == DEGENERATE and b.degenerate_generation == 0 and b.values == []
 
 
 @pytest.mark.parametrize("family", BATCHED)
@@ -164,7 +164,7 @@ def test_accumulate_from_the_running_summary_equals_refitting_the_pool(family):
         batched, single = batched_and_single(specs)
     for b, s in zip(batched, single, strict=True):
         assert_same_run(b, s)
-    assert max(single[0].generation) == 60
+    assert max(single[0].generations) == 60
 
 
 @pytest.mark.parametrize("family", BATCHED)

@@ -113,10 +113,7 @@ def test_counts_sum_to_train_size_and_match_the_real_fraction():
     for strategy in ("accumulate", "accumulate-subsample", fresh):
         outcome = run_chain(spec(strategy))
         table = by_generation(outcome)
-        metrics = {
-            (g, m): v
-            for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True)
-        }
+        metrics = {(g, m): v for g, m, v in outcome.metric_rows()}
         for t, counts in table.items():
             size = sum(counts.values())
             assert size == metrics[t, "train_size"]

@@ -246,7 +246,7 @@ class ModelFamily(ABC):
         return None
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
-        """What the report's gallery shows of this model, as (kind, items): ("text", [sentence,
+        """The examples the report shows of this model, as (kind, items): ("text", [sentence,
         ...]), ("image", [2-D list of pixel values, ...]), ("density", [{"mean": [...], "cov":
         [[...]]}]) or ("ranks", [[probabilities in true rank order]]); None for nothing."""
         return None

@@ -43,7 +43,7 @@ from collapselab.models.base import (
 from collapselab.onset import Threshold
 
 LANGUAGE = "en"
-#: Significant digits of the probabilities kept for the rank-frequency gallery: plenty for a
+#: Significant digits of the probabilities kept for the rank-frequency examples: plenty for a
 #: log-log curve, and it keeps a large vocabulary's JSON small.
 RANK_DIGITS = 4
 #: Scoring floor u: the share of probability the scores spread uniformly over the vocabulary
@@ -72,7 +72,7 @@ def english_vocabulary(vocab_size: int) -> tuple[tuple[str, ...], np.ndarray]:
 
 def true_probabilities(vocab_size: int) -> np.ndarray:
     """The truth's word probabilities (read-only), index i = the i-th most frequent true word: the
-    same order as the "ranks" gallery items, so the report draws the truth line from this."""
+    same order as the "ranks" examples, so the report draws the truth line from this."""
     return english_vocabulary(vocab_size)[1]
 
 
@@ -332,7 +332,7 @@ class Categorical(ModelFamily):
     @classmethod
     def examples_truth(cls, params: FamilyParams) -> list[float]:
         """The true probabilities in rank order, rounded as `ranks_example` rounds the model's:
-        the gallery's dashed line."""
+        the examples' dashed line."""
         assert isinstance(params, CategoricalParams)
         return ranks_example(true_probabilities(params.vocab_size))[1][0]
 

@@ -53,7 +53,7 @@ LATENT_SPREAD_COMPONENTS = 5
 #: A principal variance below this share of the largest means the training images span fewer
 #: dimensions than the model asks for: the fit has collapsed to a subspace.
 RANK_FLOOR_SHARE = 1e-10
-#: Sampled images kept for the report's gallery, shown as a square mosaic of this side.
+#: Sampled images kept for the report's Examples, shown as a square mosaic of this side.
 EXAMPLE_MOSAIC_SIDE = 4
 EXAMPLE_COUNT = EXAMPLE_MOSAIC_SIDE**2
 

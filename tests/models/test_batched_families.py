@@ -230,8 +230,8 @@ def test_regression_replicates_degenerate_mid_chain_through_the_engine():
             s.error,
             s.degenerate_generation,
         )
-        assert (b.generation, b.metric) == (s.generation, s.metric)
-        np.testing.assert_allclose(b.value, s.value, rtol=RTOL, atol=1e-12)
+        assert (b.generations, b.metrics) == (s.generations, s.metrics)
+        np.testing.assert_allclose(b.values, s.values, rtol=RTOL, atol=1e-12)
         assert b.provenance == s.provenance
     ends = {o.degenerate_generation for o in batched if o.status == DEGENERATE}
     assert len(ends) >= 2 and any(o.status == COMPLETED for o in batched), ends

@@ -276,7 +276,7 @@ def test_a_chain_that_shrinks_to_points_ends_degenerate(params, reason):
     assert outcome.status == DEGENERATE, outcome.error
     assert re.search(reason, outcome.error)
     assert 1 <= outcome.degenerate_generation <= 5
-    assert max(outcome.generation) == outcome.degenerate_generation - 1
+    assert max(outcome.generations) == outcome.degenerate_generation - 1
 
 
 def test_the_ridge_keeps_a_default_chain_alive_at_a_tiny_temperature():
@@ -294,11 +294,7 @@ def test_the_ridge_keeps_a_default_chain_alive_at_a_tiny_temperature():
     ).run_specs()[0]
     outcome = run_chain(spec)
     assert outcome.status == "completed", outcome.error
-    final = {
-        m: v
-        for g, m, v in zip(outcome.generation, outcome.metric, outcome.value, strict=True)
-        if g == 10
-    }
+    final = {m: v for g, m, v in outcome.metric_rows() if g == 10}
     assert final["component_std_max"] == pytest.approx(1e-3, rel=1e-3)  # sqrt(reg_covar)
 
 

@@ -345,6 +345,6 @@ def test_fixed_fraction_one_refits_r0_for_ever():
     first = {row.tobytes() for row in fitted_on[0]}
     assert all({row.tobytes() for row in rows} == first for rows in fitted_on[1:])
     errors = [
-        v for m, v in zip(outcome.metric, outcome.value, strict=True) if m == "weight_sq_error"
+        v for m, v in zip(outcome.metrics, outcome.values, strict=True) if m == "weight_sq_error"
     ]
     assert np.allclose(errors, errors[0], rtol=1e-9, atol=0)
