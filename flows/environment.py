@@ -25,7 +25,9 @@ def environment_defaults() -> dict[str, str]:
     """What `configure_environment` sets unless the user set it: state under `state_dir()`,
     Prefect's anonymous usage reports off on the server (PREFECT_SERVER_ANALYTICS_ENABLED) and in
     the client (DO_NOT_TRACK, which also silences the first-import notice on a terminal), no
-    interactive prompts, one BLAS thread a process (workers share the cores)."""
+    interactive prompts, one BLAS thread a process (workers share the cores), and a local Dask
+    cluster's own logging at warnings only: its INFO lines (workers and comms closing) are noise
+    to a user, and on a Ctrl-C they may carry a comm's closing traceback."""
     home = state_dir()
     return {
         "PREFECT_HOME": str(home / "prefect"),
@@ -34,6 +36,7 @@ def environment_defaults() -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_CLI_PROMPT": "false",
+        "DASK_LOGGING__DISTRIBUTED": "warning",
         **dict.fromkeys(BLAS_THREAD_VARIABLES, "1"),
     }
 

@@ -89,11 +89,16 @@ GENERIC_METRICS: dict[str, MetricInfo] = {
 class ExamplesInfo:
     """How the report draws a family's examples (the kept samples of `ModelFamily.examples`)."""
 
-    kind: Literal["image", "density", "ranks", "text"]
+    kind: Literal["image", "density", "ranks", "text", "curve", "shares"]
     #: image: the pixel values drawn white and black (values outside are clipped).
     pixel_range: tuple[float, float] = (0.0, 1.0)
     #: image: side of the square mosaic of examples per (strategy, generation).
     mosaic_side: int = 4
+    #: curve: the axes' labels; shares: y_label names what the shares are of.
+    x_label: str = ""
+    y_label: str = ""
+    #: What a reader should look for, under the figure (the report has a default per kind).
+    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -240,15 +245,18 @@ class ModelFamily(ABC):
         return None
 
     @classmethod
-    def examples_truth(cls, params: FamilyParams) -> list[float] | None:
-        """The truth the examples are drawn against (ranks: the true probabilities in rank
-        order, the dashed line), or None."""
+    def examples_truth(cls, params: FamilyParams) -> list[float] | dict[str, list[float]] | None:
+        """The truth the examples are drawn against, as a dashed line, or None: ranks, the true
+        probabilities in rank order; curve, {"x": [...], "y": [...]}."""
         return None
 
     def examples(self, *, rng: np.random.Generator) -> tuple[str, list[Any]] | None:
         """The examples the report shows of this model, as (kind, items): ("text", [sentence,
         ...]), ("image", [2-D list of pixel values, ...]), ("density", [{"mean": [...], "cov":
-        [[...]]}]) or ("ranks", [[probabilities in true rank order]]); None for nothing."""
+        [[...]]}]), ("ranks", [[probabilities in true rank order]]), ("curve", [{"x": [...],
+        "y": [...]}]: one curve of this model, say its Lorenz curve or its density on a grid) or
+        ("shares", [{"labels": [...], "shares": [...]}]: parts of a whole, summing to 1, drawn
+        as one stacked bar per kept generation); None for nothing."""
         return None
 
     #: The family's batched path (collapselab.engine), or None: its runs take the per-run path.
