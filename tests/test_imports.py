@@ -36,8 +36,11 @@ sys.exit(code)
 """
 
 
-def command(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, list[str]]:
-    """Exit code, stderr and the heavy modules loaded by `collapselab ARGS` in a new process."""
+def command(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> tuple[int, str, str, list[str]]:
+    """Exit code, stdout, stderr and the heavy modules loaded by `collapselab ARGS` in a new
+    process."""
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, *args],
         env=env,
@@ -49,7 +52,7 @@ def command(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, 
     marker = [line for line in done.stderr.splitlines() if line.startswith("HEAVY-MODULES:")]
     assert marker, done.stderr[-3000:]
     loaded = [name for name in marker[-1].removeprefix("HEAVY-MODULES:").split(",") if name]
-    return done.returncode, done.stderr, loaded
+    return done.returncode, done.stdout, done.stderr, loaded
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def stored(tmp_path_factory):
 def test_reading_commands_import_no_orchestrator_science_or_plots(stored, args, code):
     db, tmp = stored
     args = [arg.format(db=db, tmp=tmp) for arg in args]
-    returncode, stderr, loaded = command(args, clean_env(tmp), Path.cwd())
+    returncode, _, stderr, loaded = command(args, clean_env(tmp), Path.cwd())
     assert returncode == code, stderr[-3000:]
     assert loaded == [], f"collapselab {' '.join(args)} imported {loaded}"
 
@@ -95,6 +98,6 @@ def test_the_check_sees_a_heavy_import(stored):
         )
     )
     args = ["run", str(study), "--db", str(tmp / "gmm.duckdb"), "--runner", "in-process"]
-    returncode, stderr, loaded = command([*args, "--no-report"], clean_env(tmp), Path.cwd())
+    returncode, _, stderr, loaded = command([*args, "--no-report"], clean_env(tmp), Path.cwd())
     assert returncode == 0, stderr[-3000:]
     assert "sklearn" in loaded, loaded

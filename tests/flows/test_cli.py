@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import click
 import pytest
@@ -17,6 +16,7 @@ from collapselab.store import EXPORTED, Store
 from collapselab.validate import replicates_to_test
 from flows.cli import app
 from tests.flows.processes import CLI, clean_env
+from tests.test_imports import command
 
 
 def test_bad_study_fails_fast_with_one_line_and_touches_nothing(tmp_path, tiny_study, monkeypatch):
@@ -100,24 +100,6 @@ def test_run_then_report_end_to_end(tmp_path, tiny_study):
     assert (reports / name / "index.html").exists()
     # Prefect's state stayed inside the state directory
     assert (tmp_path / "state" / "prefect").is_dir()
-
-
-def command(args: list[str], env: dict[str, str]) -> tuple[int, str, str, list[str]]:
-    """Exit code, stdout, stderr and the heavy modules loaded by `collapselab ARGS` in a new
-    process (tests.test_imports's probe, keeping stdout)."""
-    from tests.test_imports import SCRIPT
-
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    marker = [line for line in done.stderr.splitlines() if line.startswith("HEAVY-MODULES:")]
-    assert marker, done.stderr[-3000:]
-    loaded = [name for name in marker[-1].removeprefix("HEAVY-MODULES:").split(",") if name]
-    return done.returncode, done.stdout, done.stderr, loaded
 
 
 @pytest.mark.slow
