@@ -470,7 +470,115 @@ def _examples_json(subject: _Subject) -> str:
             f"examples are not JSON the store can keep ({_one_line(exc)}): convert arrays with "
             ".tolist() and keep numbers finite"
         ) from None
-    return f"{len(shown[1])} {shown[0]} example(s), {len(text)} characters of JSON"
+    kind, items = json.loads(text)  # as the report reads them back from the store
+    problem = examples_format_problem(kind, items)
+    if problem is not None:
+        raise CheckFailed(f"{kind} examples are malformed: {problem}")
+    if kind == "curve":
+        truth = subject.cls.examples_truth(subject.params)
+        problem = None if truth is None else curve_problem(_json_round_trip(truth))
+        if problem is not None:
+            raise CheckFailed(f"examples_truth is not a curve: {problem}")
+    return f"{len(items)} {kind} example(s), {len(text)} characters of JSON"
+
+
+def _json_round_trip(value: Any) -> Any:
+    """`value` as JSON gives it back (tuples as lists), or a marker naming why it is not JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        return _NotJson(_one_line(exc))
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    reason: str
+
+
+# --- the formats of the generic example kinds (the report draws what these accept) -----------
+
+#: How far from 1 the shares of a "shares" item may sum (rounding of the family's arithmetic).
+SHARES_TOLERANCE = 1e-6
+
+
+def examples_format_problem(kind: str, items: Any) -> str | None:
+    """Why `items` (parsed JSON, as stored) are not examples of the generic `kind`, or None.
+
+    curve: exactly one item {"x": [...], "y": [...]} (see `curve_problem`). shares: exactly one
+    item {"labels": [...], "shares": [...]}: distinct non-empty strings and as many numbers, each
+    at least 0, summing to 1 within SHARES_TOLERANCE. The other kinds' items are the family's own
+    format, not checked here."""
+    if kind not in ("curve", "shares"):
+        return None
+    if not isinstance(items, list) or len(items) != 1:
+        count = f"{len(items)} items" if isinstance(items, list) else type(items).__name__
+        return f"expected a list of exactly one item (this model's {kind}), got {count}"
+    return curve_problem(items[0]) if kind == "curve" else _shares_problem(items[0])
+
+
+def curve_problem(value: Any) -> str | None:
+    """Why `value` is not a curve {"x": [...], "y": [...]}, or None: exactly those two keys,
+    lists of the same length (at least 2) of finite numbers, x never decreasing."""
+    if isinstance(value, _NotJson):
+        return f"not JSON ({value.reason})"
+    problem = _keys_problem(value, ("x", "y"))
+    if problem is not None:
+        return problem
+    for key in ("x", "y"):
+        problem = _numbers_problem(value[key], key)
+        if problem is not None:
+            return problem
+    if len(value["x"]) != len(value["y"]):
+        return f"x has {len(value['x'])} values and y {len(value['y'])}"
+    if len(value["x"]) < 2:
+        return "a curve needs at least 2 points"
+    if any(b < a for a, b in zip(value["x"], value["x"][1:], strict=False)):
+        return "x decreases somewhere: give the points in increasing x"
+    return None
+
+
+def _shares_problem(value: Any) -> str | None:
+    problem = _keys_problem(value, ("labels", "shares"))
+    if problem is not None:
+        return problem
+    labels, shares = value["labels"], value["shares"]
+    if not isinstance(labels, list) or not labels:
+        return "labels must be a non-empty list of strings"
+    if not all(isinstance(label, str) and label.strip() for label in labels):
+        return "every label must be a non-empty string"
+    if len(set(labels)) != len(labels):
+        return "labels repeat: each part is named once"
+    problem = _numbers_problem(shares, "shares")
+    if problem is not None:
+        return problem
+    if len(shares) != len(labels):
+        return f"{len(labels)} labels but {len(shares)} shares"
+    if min(shares) < 0:
+        return f"a share is negative ({min(shares)!r})"
+    if abs(sum(shares) - 1.0) > SHARES_TOLERANCE:
+        return f"shares sum to {sum(shares)!r}, not 1"
+    return None
+
+
+def _keys_problem(value: Any, keys: tuple[str, ...]) -> str | None:
+    wanted = "{" + ", ".join(f'"{key}": [...]' for key in keys) + "}"
+    if not isinstance(value, dict):
+        return f"an item must be {wanted}, got {type(value).__name__}"
+    if sorted(value) != sorted(keys):
+        found = ", ".join(map(repr, sorted(map(str, value)))) or "no keys"
+        return f"an item must be {wanted}, got keys {found}"
+    return None
+
+
+def _numbers_problem(values: Any, key: str) -> str | None:
+    if not isinstance(values, list):
+        return f"{key} must be a list of numbers, got {type(values).__name__}"
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key} holds {type(value).__name__} values, not only numbers"
+        if not math.isfinite(value):
+            return f"{key} holds {value!r}: numbers must be finite"
+    return None
 
 
 class _WrongType:
@@ -692,7 +800,11 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "metric-metadata", "every metric, indicator and example kind is described", _metric_metadata
     ),
-    Check("examples-json", "examples serialise to JSON with finite numbers", _examples_json),
+    Check(
+        "examples-json",
+        "examples serialise to JSON with finite numbers, in their kind's format",
+        _examples_json,
+    ),
     Check(
         "parameters-validated",
         "unknown fields and wrong types are rejected by Params",

@@ -162,6 +162,31 @@ class ExamplesNotJson(Toy):
         return "density", [{"mean": self.mean_.reshape(1), "cov": self.var_.reshape(1, 1)}]
 
 
+class CurveOfRaggedPoints(Toy):
+    examples_info = ExamplesInfo(kind="curve", x_label="x", y_label="density")
+
+    def examples(self, *, rng):
+        return "curve", [{"x": [0.0, 1.0, 2.0], "y": [0.1, float(self.var_)]}]
+
+
+class CurveTruthIsNotACurve(Toy):
+    examples_info = ExamplesInfo(kind="curve", x_label="x", y_label="density")
+
+    @classmethod
+    def examples_truth(cls, params):
+        return [0.5, 0.5]  # the ranks' format, not a curve's
+
+    def examples(self, *, rng):
+        return "curve", [{"x": [0.0, 1.0], "y": [0.0, float(self.var_)]}]
+
+
+class SharesNotSummingToOne(Toy):
+    examples_info = ExamplesInfo(kind="shares", y_label="points")
+
+    def examples(self, *, rng):
+        return "shares", [{"labels": ["left", "right"], "shares": [0.5, 0.6]}]
+
+
 class LooseParams(ToyParams):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -206,6 +231,9 @@ BROKEN = [
     (FitReturnsNone, "fit-returns-model"),
     (MetricWithoutMetadata, "metric-metadata"),
     (ExamplesNotJson, "examples-json"),
+    (CurveOfRaggedPoints, "examples-json"),
+    (CurveTruthIsNotACurve, "examples-json"),
+    (SharesNotSummingToOne, "examples-json"),
     (AcceptsUnknownParameters, "parameters-validated"),
     (RaisesAnotherErrorOnConstantData, "degenerate-fit"),
     (FitsNaNOnConstantData, "degenerate-fit"),
@@ -275,6 +303,18 @@ def test_failures_say_what_is_wrong():
         in failed(check_family(MetricWithoutMetadata))["metric-metadata"]
     )
     assert "not JSON serializable" in failed(check_family(ExamplesNotJson))["examples-json"]
+    assert (
+        "curve examples are malformed: x has 3 values and y 2"
+        in failed(check_family(CurveOfRaggedPoints))["examples-json"]
+    )
+    assert (
+        "examples_truth is not a curve: an item must be"
+        in failed(check_family(CurveTruthIsNotACurve))["examples-json"]
+    )
+    assert (
+        "shares examples are malformed: shares sum to 1.1"
+        in failed(check_family(SharesNotSummingToOne))["examples-json"]
+    )
 
 
 def test_the_checks_leave_the_global_random_state_as_they_found_it():

@@ -23,7 +23,10 @@ CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 )
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed"),
+    pytest.mark.slow,  # each test starts a browser
+]
 
 
 class DevTools:
@@ -216,3 +219,35 @@ def test_report_loads_every_figure_without_console_errors(browser, tmp_path):
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     (tmp_path / "report.png").write_bytes(base64.b64decode(shot))
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_the_generic_example_kinds_load_without_console_errors(browser, tmp_path, monkeypatch):
+    """A curve and a shares section (toy families) in a real browser: sized, no errors."""
+    from collapselab.models import FAMILIES
+    from tests.test_report_examples import TOYS, toy_page
+
+    for toy in TOYS:
+        monkeypatch.setitem(FAMILIES, toy.name, toy)
+    page = tmp_path / "index.html"
+    page.write_text(toy_page())
+    for domain in ("Runtime", "Log", "Page"):
+        browser.call(f"{domain}.enable")
+    browser.call("Page.navigate", url=page.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    examples = browser.call(
+        "Runtime.evaluate",
+        returnByValue=True,
+        expression="""
+        Array.from(document.querySelectorAll('figure[id$="-examples"] svg')).map(svg => {
+            const box = svg.getBoundingClientRect();
+            return [box.width, box.height, svg.querySelectorAll('path.area').length,
+                    svg.querySelectorAll('path[stroke-dasharray]').length];
+        })""",
+    )["result"]["value"]
+    assert len(examples) == 2, examples
+    assert all(width > 100 and height > 100 for width, height, _, _ in examples), examples
+    assert any(bars >= 3 for _, _, bars, _ in examples)  # the shares' stacked bars
+    assert any(dashed >= 3 for _, _, _, dashed in examples)  # the curve's dashed truth
+    assert console_errors(browser) == []
+    facts = layout(browser)
+    assert facts["page"] <= facts["viewport"], facts

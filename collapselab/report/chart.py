@@ -222,6 +222,33 @@ class Axes:
         )
         self.parts.append(f'<path class="area" fill="{colour}" d="{outline}"/>')
 
+    def stack(
+        self,
+        xs: np.ndarray,
+        layers: Sequence[tuple[str, np.ndarray]],
+        *,
+        bar_width: float | None = None,
+    ) -> None:
+        """Layers (colour, values at `xs`) stacked bottom up: filled areas, or with `bar_width`
+        (data units) one stacked bar per x, each layer's rectangles one path."""
+        values = np.array([np.asarray(v, dtype=float) for _, v in layers]).reshape(len(layers), -1)
+        tops = np.cumsum(values, axis=0)
+        if bar_width is None:  # top layer first: the lower ones cover it
+            for (colour, _), top in reversed(list(zip(layers, tops, strict=True))):
+                self.area(xs, top, colour=colour)
+            return
+        x = np.asarray(xs, dtype=float)
+        lefts, rights = self.x(x - bar_width / 2), self.x(x + bar_width / 2)
+        for (colour, _), top, bottom in zip(layers, tops, tops - values, strict=True):
+            upper, lower = self.y(top), self.y(bottom)
+            rectangles = "".join(
+                f"M{number(x0)},{number(y0)}H{number(x1)}V{number(y1)}H{number(x0)}z"
+                for x0, x1, y0, y1 in zip(lefts, rights, upper, lower, strict=True)
+                if y1 - y0 >= 0.05  # a layer too thin to see draws nothing
+            )
+            if rectangles:
+                self.parts.append(f'<path class="area" fill="{colour}" d="{rectangles}"/>')
+
     def markers(self, xs, ys, *, marker: str, colour: str) -> None:
         px, py = self.x(xs), self.y(ys)
         good = np.isfinite(px) & np.isfinite(py)
@@ -252,8 +279,11 @@ class Axes:
         x_ticks: bool = True,
         y_ticks: bool = True,
         x_log: bool = False,
+        x_tick_values: Sequence[float] | None = None,
     ) -> str:
-        """Grid, ticks, labels and title around what was drawn, as SVG (the drawing on top)."""
+        """Grid, ticks, labels and title around what was drawn, as SVG (the drawing on top);
+        `x_tick_values`: the x ticks (say the generations a bar stands at) instead of round
+        steps."""
         out, grid = [], []
         right, bottom = self.left + self.width, self.top + self.height
         if y_ticks:
@@ -268,7 +298,9 @@ class Axes:
                 )
         if x_ticks:
             low, high = self.x_range
-            if x_log:  # the x data are log10 of the values: ticks at decades
+            if x_tick_values is not None:
+                values = list(x_tick_values)
+            elif x_log:  # the x data are log10 of the values: ticks at decades
                 values = log_ticks(10**low, 10**high)
             else:
                 values = nice_ticks(low, high, count=6, integer=True)

@@ -35,11 +35,10 @@ def provenance_figure(
     body = []
     for index, (axes, label) in enumerate(zip(panels, labels, strict=True)):
         generations, layers = _layers(provenance.filter(pl.col("strategy_label") == label))
-        tops = np.cumsum(np.array([values for _, values in layers]), axis=0)
+        total = np.sum([values for _, values in layers], axis=0)
         axes.x_range = (float(generations.min()), float(max(generations.max(), 1)))
-        axes.y_range = (0.0, float(tops[-1].max()) * 1.04 or 1.0)
-        for (colour, _), top in reversed(list(zip(layers, tops, strict=True))):
-            axes.area(generations, top, colour=colour)  # top layer first: lower ones cover it
+        axes.y_range = (0.0, float(total.max()) * 1.04 or 1.0)
+        axes.stack(generations, layers)
         body.append(
             axes.frame(
                 title=label,
