@@ -12,7 +12,8 @@ compromise. A group's users stay with a probability nu(R_k) that falls with the 
 whose fixed point is lambda*_k = b_k / (1 - nu(R*_k)). Empirical risk minimisation weights groups
 by their size, so the smaller group's risk is higher, fewer of its users stay and the next model
 weights it even less: representation disparity amplifies. The chi-square distributionally robust
-learner bounds the risk of every group of share at least `dro_min_share` and stops the loop.
+learner bounds the risk of every group of share at least `dro_min_share`: in the paper it stops
+the loop; with these defaults it delays it (below).
 
 On the chain: a point is one user, [group, label, round, lambda_0..lambda_{K-1}, features...].
 Real data is the organic population (groups in their arrival proportions b / sum b), tagged round
