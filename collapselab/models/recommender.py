@@ -404,6 +404,7 @@ class Recommender(ModelFamily):
             "lists as popular as their own taste",
             better="reference",
             reference=0.0,
+            domain=(-1.0, None),  # popularity is never negative
         ),
         "mainstream_popularity_lift": MetricInfo(
             title="Popularity lift of mainstream users' lists",
@@ -413,6 +414,7 @@ class Recommender(ModelFamily):
             "largest share of popular movies)",
             better="reference",
             reference=0.0,
+            domain=(-1.0, None),  # popularity is never negative
         ),
         "test_hit_rate": MetricInfo(
             title="Held-out hit rate",
