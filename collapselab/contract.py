@@ -201,8 +201,10 @@ def _global_states() -> tuple[Any, Any]:
 
 def _scramble_global_random(seed: int) -> None:
     """Put numpy's and Python's global generators at a state of `seed`'s, mid-stream."""
-    np.random.seed(seed)  # deliberately: the contract shows the family never reads it
-    np.random.random(3)
+    # deliberately set, never read for a result: the contract shows the family ignores it
+    legacy = np.random.RandomState(seed)
+    legacy.random_sample(3)
+    np.random.set_state(legacy.get_state())
     random.seed(seed)
     random.random()
 
